@@ -1,0 +1,86 @@
+"""The name of a retrieval method, and the cache key of its descriptors.
+
+A method is backbone x weights x image size x pooling x whitening x re-ranking.
+Descriptors depend only on the first five, so `descriptor_key()` drops the
+re-ranking part: every re-ranking of the same descriptors shares one cache entry.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, fields, replace
+
+POOLINGS = ("mac", "spoc", "gem", "rmac")
+WHITENINGS = ("none", "pca", "pca-partial")
+RERANKINGS = ("none", "diffusion", "aqe", "qe")
+
+
+@dataclass(frozen=True)
+class Method:
+    backbone: str = "tf_efficientnet_lite0"
+    pooling: str = "rmac"
+    size: int = 1024
+    weights: str = "imagenet"
+    whitening: str = "none"
+    whiten_on: str = ""
+    rerank: str = "none"
+    alpha: float = 0.99
+    k: int = 50
+    kq: int = 10
+    gamma: float = 3.0
+    qe_n: int = 10
+
+    def __post_init__(self):
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"unknown pooling {self.pooling!r}; choose one of {POOLINGS}")
+        if self.whitening not in WHITENINGS:
+            raise ValueError(f"unknown whitening {self.whitening!r}; choose one of {WHITENINGS}")
+        if self.rerank not in RERANKINGS:
+            raise ValueError(f"unknown re-ranking {self.rerank!r}; choose one of {RERANKINGS}")
+        if self.size <= 0:
+            raise ValueError(f"image size must be positive, got {self.size}")
+        if not 0.0 <= self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in [0, 1), got {self.alpha}")
+        if self.k < 1 or self.kq < 1 or self.qe_n < 1:
+            raise ValueError("k, kq and qe_n must be at least 1")
+
+    def descriptor_key(self) -> "Method":
+        """The part of the method that determines the descriptors (the cache key)."""
+        return Method(self.backbone, self.pooling, self.size, self.weights,
+                      self.whitening, self.whiten_on)
+
+    def slug(self) -> str:
+        """File-system-safe id of the descriptor part, e.g. `tf_efficientnet_lite0-rmac-1024-imagenet-none`."""
+        parts = [self.backbone, self.pooling, str(self.size), self.weights, self.whitening]
+        if self.whitening != "none":
+            parts.append(self.whiten_on or "transductive")
+        return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
+
+    def is_transductive(self, dataset: str) -> bool:
+        """Whitening learned on the test database itself is transductive (REFERENCE.md)."""
+        return self.whitening != "none" and self.whiten_on in ("", dataset)
+
+    def label(self) -> str:
+        text = f"{self.backbone} {self.pooling.upper() if self.pooling != 'rmac' else 'R-MAC'} {self.size}px"
+        if self.weights != "imagenet":
+            text += f" [{self.weights} weights]"
+        if self.whitening != "none":
+            text += f" +{self.whitening}({self.whiten_on or 'transductive'})"
+        if self.rerank == "diffusion":
+            text += f" +diffusion(a={self.alpha:g}, k={self.k})"
+        elif self.rerank != "none":
+            text += f" +{self.rerank.upper()}(n={self.qe_n})"
+        return text
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Method":
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"unknown method fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def with_rerank(self, rerank: str, **params) -> "Method":
+        return replace(self, rerank=rerank, **params)
