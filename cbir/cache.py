@@ -6,6 +6,8 @@ Layout (the dashboard and bundles read exactly this)::
     <cache>/<dataset key>/<method slug>/manifest.json
     <cache>/<dataset key>/<method slug>/db.npy        (n_images, dim) float32 or float16
     <cache>/<dataset key>/<method slug>/queries.npy   (n_queries, dim), cropped queries
+    <cache>/<dataset key>/<method slug>/<name>.npy    further arrays (e.g. regions_sample.npy)
+    <cache>/<dataset key>/.partial/<run id>/          chunks of an unfinished extraction
 
 The dataset key is the dataset name plus a hash of its image names, so a partial
 and a full copy of one benchmark never share entries. An entry directory is
@@ -16,6 +18,7 @@ image names, and raises `CacheError` for anything off: callers rebuild, never us
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -109,8 +112,18 @@ def entry_dir(cache_root: Path, key: str, method: Method) -> Path:
 
 
 def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarray,
-               queries: np.ndarray, extra: dict | None = None) -> Path:
-    """Write one entry atomically: a temporary directory renamed into place."""
+               queries: np.ndarray, extra: dict | None = None,
+               arrays: dict[str, np.ndarray] | None = None) -> Path:
+    """Write one entry atomically: a temporary directory renamed into place.
+
+    `arrays` are further named arrays stored beside the descriptors (e.g. the regional
+    MAC sample R-MAC whitening is learned from), checksummed like them; read them
+    with `load_entry_array`.
+    """
+    arrays = {name if name.endswith(".npy") else f"{name}.npy": np.ascontiguousarray(arr)
+              for name, arr in (arrays or {}).items()}
+    if set(arrays) & {*ARRAYS, "manifest.json"}:
+        raise ValueError(f"extra arrays may not be named like the entry's own files: {sorted(arrays)}")
     db = np.ascontiguousarray(db)
     queries = np.ascontiguousarray(queries)
     if db.ndim != 2 or queries.ndim != 2 or db.shape[1] != queries.shape[1]:
@@ -123,7 +136,7 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
-        for name, arr in zip(ARRAYS, (db, queries)):
+        for name, arr in [*zip(ARRAYS, (db, queries)), *arrays.items()]:
             with open(tmp / name, "wb") as f:
                 np.save(f, arr)
                 f.flush()
@@ -139,7 +152,7 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
             "n_queries": int(queries.shape[0]),
             "dim": int(db.shape[1]),
             "dtype": str(db.dtype),
-            "files": {name: sha256_file(tmp / name) for name in ARRAYS},
+            "files": {name: sha256_file(tmp / name) for name in [*ARRAYS, *arrays]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         }
@@ -205,3 +218,115 @@ def list_entries(cache_root: Path, key: str) -> list[Method]:
         except (CacheError, ValueError, KeyError, TypeError):
             continue
     return methods
+
+
+def load_entry_array(entry: Entry, name: str) -> np.ndarray:
+    """One of an entry's further arrays (see `save_entry`), checksum-verified."""
+    name = name if name.endswith(".npy") else f"{name}.npy"
+    file = entry.path / name
+    expected = entry.manifest.get("files", {}).get(name)
+    if expected is None:
+        raise CacheError(f"{entry.path}: the entry stores no {name}")
+    if not file.exists():
+        raise CacheError(f"{file}: missing")
+    if sha256_file(file) != expected:
+        raise CacheError(f"{file}: checksum mismatch (truncated or modified)")
+    try:
+        return np.load(file, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CacheError(f"{file}: unreadable ({exc})") from exc
+
+
+def partial_dir(cache_root: Path, dataset: Dataset, run_id: str) -> Path:
+    """Where an extraction run keeps its completed chunks until the entry is written."""
+    return dataset_dir(cache_root, dataset) / ".partial" / run_id
+
+
+class PartialRun:
+    """The completed chunks of an extraction run, so that a killed run resumes where it stopped.
+
+    Each chunk is one `.npz` written atomically, so a chunk file is whole or absent.
+    `progress.json` holds the run's fingerprint (what was being computed, with which
+    weights, in which chunking); chunks of a run with another fingerprint are discarded,
+    never mixed in. It also accumulates the seconds spent, so an entry's extraction
+    time counts every session that contributed.
+    """
+
+    def __init__(self, directory: Path, fingerprint: dict):
+        self.directory = Path(directory)
+        self.fingerprint = json.loads(json.dumps(fingerprint))
+        state = self._read_state()
+        if state is None or state.get("fingerprint") != self.fingerprint:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            state = {"fingerprint": self.fingerprint, "seconds": 0.0}
+            self.directory.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.directory / "progress.json", json.dumps(state))
+        self.seconds = float(state["seconds"])
+
+    def _read_state(self) -> dict | None:
+        try:
+            return json.loads((self.directory / "progress.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+    def chunk_path(self, index: int) -> Path:
+        return self.directory / f"chunk-{index:06d}.npz"
+
+    def load_chunk(self, index: int) -> dict[str, np.ndarray] | None:
+        """The arrays of a completed chunk, or None when it still has to be computed."""
+        path = self.chunk_path(index)
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return {name: data[name] for name in data.files}
+        except FileNotFoundError:
+            return None
+        except (ValueError, OSError, EOFError):
+            path.unlink(missing_ok=True)
+            return None
+
+    def save_chunk(self, index: int, arrays: dict[str, np.ndarray], seconds: float) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write_bytes(self.chunk_path(index), buffer.getvalue())
+        self.seconds += seconds
+        atomic_write_text(self.directory / "progress.json",
+                          json.dumps({"fingerprint": self.fingerprint, "seconds": self.seconds}))
+
+    def remove(self) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        try:
+            self.directory.parent.rmdir()
+        except OSError:
+            pass
+
+
+def _named_ground_truth(ds: Dataset, keep: set[str]) -> list:
+    """Ground truth as image names (indices shift when an unreadable image is dropped)."""
+    return [[sorted(ds.images[i] for i in g[part]) for part in sorted(g)]
+            for gs in ds.gnd.values() for q, g in zip(ds.queries, gs) if q.name in keep]
+
+
+def cached_dataset(cache_root: Path, listed: Dataset) -> Dataset | None:
+    """The cached description of the same dataset as `listed`, or None.
+
+    `listed` comes from a fast load that does not decode the images
+    (`load_dataset(..., verify_images=False)`); decoding every image of a full
+    benchmark takes seconds, too slow for a warm-cache `evaluate`. A cached
+    description (saved, verified, when descriptors were extracted) matches when it
+    has the same name, root, queries and ground truth, and its images are exactly the
+    listed ones minus those it found unreadable.
+    """
+    for ds in list_datasets(cache_root).values():
+        if ds.name != listed.name or ds.root != listed.root:
+            continue
+        bad = {u.get("name") for u in ds.unreadable}
+        if ds.images != [n for n in listed.images if n not in bad]:
+            continue
+        queries = [(q.name, q.path, q.bbox) for q in listed.queries if q.name not in bad]
+        if [(q.name, q.path, q.bbox) for q in ds.queries] != queries:
+            continue
+        keep = {q[0] for q in queries}
+        if list(ds.gnd) == list(listed.gnd) and \
+                _named_ground_truth(ds, keep) == _named_ground_truth(listed, keep):
+            return ds
+    return None

@@ -33,7 +33,7 @@ def add_dataset_args(p: argparse.ArgumentParser) -> None:
 
 def cmd_download(args) -> int:
     from .download import download
-    download(args.name, args.root)
+    print_json(download(args.name, args.root, base_url=args.base_url))
     return 0
 
 
@@ -47,8 +47,120 @@ def cmd_info(args) -> int:
 
 # --- evaluate (extraction / diffusion helpers extend) -----------------------
 
+def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
+    """The descriptor part of a method (see cbir.method.Method) and where its cache lives."""
+    from .method import POOLINGS, WHITENINGS
+
+
+    p.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
+    if many_poolings:
+        p.add_argument("--pooling", nargs="+", choices=POOLINGS, default=list(POOLINGS),
+                       help="one forward pass serves them all")
+    else:
+        p.add_argument("--pooling", choices=POOLINGS, default="rmac")
+    p.add_argument("--size", type=int, default=1024, help="max image side in px (only downscales)")
+    p.add_argument("--weights", choices=("imagenet", "random"), default="imagenet")
+    p.add_argument("--weights-file", type=Path, help="local weights for the backbone")
+    p.add_argument("--whiten", choices=WHITENINGS, default="none")
+    p.add_argument("--whiten-on", default="",
+                   help="dataset key or name the whitening is learned on (default: the test "
+                        "database itself, which is transductive)")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default="float32",
+                   help="storage type of newly extracted descriptors")
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+
+
+def methods_from_args(args, poolings: list[str]) -> list:
+    from .method import Method
+
+    return [Method(backbone=args.backbone, pooling=p, size=args.size, weights=args.weights,
+                   whitening=args.whiten, whiten_on=args.whiten_on if args.whiten != "none" else "")
+            for p in poolings]
+
+
+def tqdm_progress():
+    """A progress(done, total, stage) callback drawing one tqdm bar per stage on stderr."""
+    from tqdm import tqdm
+
+    bars = {}
+
+    def progress(done: int, total: int, stage: str) -> None:
+        bar = bars.get(stage)
+        if bar is None:
+            for old in bars.values():
+                old.close()
+            bar = bars[stage] = tqdm(total=total, desc=stage, unit="img", file=sys.stderr,
+                                     dynamic_ncols=True)
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return progress
+
+
+def extraction_options(args) -> dict:
+    return {"progress": tqdm_progress(), "device": args.device, "workers": args.workers,
+            "dtype": args.dtype, "weights_file": args.weights_file}
+
+
+# --- extract -------------------------------------------------------------------
+
+def cmd_extract(args) -> int:
+    from .data import load_dataset
+    from .extraction import extract
+
+    cache = args.cache or default_cache_dir()
+    dataset = load_dataset(args.dataset, args.root)
+    print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
+    for bad in dataset.unreadable:
+        print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    options = extraction_options(args)
+    entries = extract(dataset, methods_from_args(args, args.pooling), cache, options.pop("progress"), **options)
+    print_json({"dataset": dataset.name, "status": dataset.status_line(),
+                "skipped": dataset.unreadable, "entries": [
+                    {"method": m.label(), "path": str(e.path), "n_images": int(e.db.shape[0]),
+                     "n_queries": int(e.queries.shape[0]), "dim": int(e.db.shape[1]), "dtype": str(e.db.dtype),
+                     "extraction_seconds": e.manifest.get("extraction_seconds"),
+                     "images_per_second": e.manifest.get("images_per_second")}
+                    for m, e in entries.items()]})
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------
+
+def load_dataset_fast(name: str, root: Path, cache: Path):
+    """The dataset; from the cache's verified description when the files listed are the same,
+    so a warm-cache evaluate does not decode every image again."""
+    from .cache import cached_dataset
+    from .data import load_dataset
+
+    return cached_dataset(cache, load_dataset(name, root, verify_images=False)) or load_dataset(name, root)
+
+
 def cmd_evaluate(args) -> int:
-    raise NotImplementedError
+    import numpy as np
+
+    from .extraction import ensure_descriptors
+    from .metrics import evaluation_report
+    from .rerank import rerank
+
+    cache = args.cache or default_cache_dir()
+    dataset = load_dataset_fast(args.dataset, args.root, cache)
+    protocol = args.protocol or next((p for p in ("original", "medium") if p in dataset.gnd),
+                                     next(iter(dataset.gnd)))
+    (method,) = methods_from_args(args, [args.pooling])
+    method = method.with_rerank(args.rerank, alpha=args.alpha, k=args.k, kq=args.kq, gamma=args.gamma,
+                                qe_n=args.qe_n)
+    options = extraction_options(args)
+    entry = ensure_descriptors(dataset, method, cache, options.pop("progress"), **options)
+    ranks = rerank(method, np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32))
+    report = evaluation_report(ranks, dataset, protocol)
+    print_json({"method": method.label(), "method_key": method.to_dict(),
+                "whitening": entry.manifest.get("whitening"),
+                "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -58,14 +170,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("download", help="download a benchmark into ROOT")
     p.add_argument("name", choices=("paris6k", "rparis6k", "oxford5k", "roxford5k"))
     p.add_argument("--root", required=True, type=Path)
+    p.add_argument("--base-url", help="fetch every file as BASE_URL/<file name> (a mirror); "
+                   "default: $CBIR_DOWNLOAD_BASE, else the official hosts")
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("info", help="describe a dataset as JSON")
     add_dataset_args(p)
     p.set_defaults(func=cmd_info)
 
+    p = sub.add_parser("extract", help="compute and cache descriptors (one pass, several poolings)")
+    add_dataset_args(p)
+    add_method_args(p, many_poolings=True)
+    p.set_defaults(func=cmd_extract)
+
     p = sub.add_parser("evaluate", help="evaluate a method, print JSON")
     add_dataset_args(p)
+    add_method_args(p, many_poolings=False)
+    from .method import RERANKINGS
+
+    p.add_argument("--protocol", default=None, help="default: original, else medium")
+    p.add_argument("--rerank", choices=RERANKINGS, default="none")
+    p.add_argument("--alpha", type=float, default=0.99, help="diffusion alpha")
+    p.add_argument("--k", type=int, default=50, help="diffusion graph neighbours")
+    p.add_argument("--kq", type=int, default=10, help="diffusion query neighbours")
+    p.add_argument("--gamma", type=float, default=3.0, help="diffusion similarity exponent")
+    p.add_argument("--qe-n", type=int, default=10, help="query expansion neighbours")
     p.set_defaults(func=cmd_evaluate)
     return parser
 

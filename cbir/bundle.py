@@ -1,0 +1,195 @@
+"""Shareable bundles: everything the dashboard reads, nothing more, checksummed.
+
+A bundle is a cache directory (same layout as `cbir.cache`, so the dashboard
+serves it by pointing `CBIR_CACHE_DIR` at it) restricted to one dataset and a few
+methods, plus what replaces the original images and the heavy computations:
+
+    <out>/bundle.json                      format, versions, every file's sha256 and size
+    <out>/<key>/dataset.json               ground truth; `root` emptied (no originals)
+    <out>/<key>/thumbs/<name>.jpg          thumbnails (max side `thumb_size`) of database images
+                                           and of queries outside the database (box drawn by the app)
+    <out>/<key>/thumbs.json                original (width, height) per thumbnail: box scaling
+    <out>/<key>/<slug>/{manifest.json, db.npy, queries.npy}   float16 or PCA-reduced
+    <out>/<key>/<slug>/grid-<protocol>.json                   diffusion (alpha, k) mAP grid
+    <out>/<key>/<slug>/layout-*.npy                           UMAP layouts (cbir.manifold)
+
+`verify_bundle` refuses a bundle whose format differs, whose files are missing, or
+whose bytes changed. The bundle is assembled in a temporary directory and renamed
+into place, so an interrupted build leaves nothing half-written at `out`.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import shutil
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from . import __version__
+from .cache import (CacheError, atomic_write_text, dataset_dir, load_entry, names_hash, save_entry,
+                    sha256_file)
+from .data import Dataset, open_image
+from .evaluation import stored_diffusion_grid
+from .method import Method
+
+BUNDLE_FORMAT = 1
+MAX_FILE_BYTES = 100 * 1024 * 1024
+THUMBS = "thumbs"
+
+
+class BundleError(RuntimeError):
+    """A bundle is incomplete, tampered with, or of another format."""
+
+
+def thumbnail_path(key_dir: Path, name: str) -> Path:
+    """Where the thumbnail of image `name` lives inside a bundle's dataset directory."""
+    return Path(key_dir) / THUMBS / f"{name}.jpg"
+
+
+def thumbnail_bytes(path: Path, size: int) -> tuple[bytes, tuple[int, int]]:
+    """JPEG bytes of the image shrunk to max side `size`, and the original (width, height)."""
+    image = open_image(path)
+    original = image.size
+    image.thumbnail((size, size))
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=85, optimize=True)
+    return buffer.getvalue(), original
+
+
+def reduce_descriptors(db: np.ndarray, queries: np.ndarray, reduce: str) -> tuple[np.ndarray, np.ndarray, dict]:
+    """float16 (`reduce="float16"`) or PCA to D dimensions (`"pca:D"`, then float16), rows re-normalised.
+
+    The PCA is fitted on the database itself: a compression step for sharing, which
+    makes the bundle's figures differ slightly from the full descriptors' (recorded).
+    """
+    if reduce == "float16":
+        return db.astype(np.float16), queries.astype(np.float16), {"reduce": "float16"}
+    if reduce.startswith("pca:"):
+        from sklearn.decomposition import PCA
+        dim = int(reduce.split(":", 1)[1])
+        if not 1 <= dim <= min(db.shape):
+            raise ValueError(f"PCA dimension must lie in [1, {min(db.shape)}], got {dim}")
+        pca = PCA(n_components=dim, random_state=0).fit(db.astype(np.float32))
+
+        def project(x):
+            y = pca.transform(x.astype(np.float32))
+            return (y / np.maximum(np.linalg.norm(y, axis=1, keepdims=True), 1e-12)).astype(np.float16)
+        return project(db), project(queries), {"reduce": reduce, "reduce_note":
+                                               "PCA fitted on this database (compression for sharing)"}
+    raise ValueError(f"unknown reduction {reduce!r}: use float16 or pca:DIM")
+
+
+def _write_thumbnails(dataset: Dataset, out_dir: Path, size: int, progress) -> None:
+    originals = {}
+    jobs = [(name, dataset.image_path(i)) for i, name in enumerate(dataset.images)]
+    jobs += [(query.name, dataset.query_path(q)) for q, query in enumerate(dataset.queries) if query.index < 0]
+    for done, (name, path) in enumerate(jobs, 1):
+        data, original = thumbnail_bytes(path, size)
+        target = thumbnail_path(out_dir, name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+        originals[name] = list(original)
+        if progress is not None and (done % 100 == 0 or done == len(jobs)):
+            progress(done, len(jobs), "thumbnails")
+    (out_dir / "thumbs.json").write_text(json.dumps({"max_side": size, "original_size": originals}))
+
+
+def _file_table(root: Path) -> dict:
+    table = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "bundle.json"):
+        size = path.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise BundleError(f"{path}: {size / 2**20:.0f} MiB, over GitHub's 100 MB file limit; "
+                              f"reduce the descriptors (e.g. --reduce pca:256) or use fewer methods")
+        table[path.relative_to(root).as_posix()] = {"sha256": sha256_file(path), "bytes": size}
+    return table
+
+
+def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out: Path,
+                 reduce: str = "float16", thumb_size: int = 256, layouts: bool = True,
+                 grid_protocols: tuple[str, ...] | None = None, progress=None) -> dict:
+    """Assemble a bundle at `out` from validated cache entries; returns its manifest."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise FileExistsError(f"{out}: already exists and is not empty; choose a new --out")
+    if not methods:
+        raise ValueError("a bundle needs at least one method")
+    entries = {}
+    for method in methods:
+        try:
+            entries[method.descriptor_key()] = load_entry(cache_root, dataset, method)
+        except CacheError as exc:
+            raise CacheError(f"{exc}; extract it first with `python -m cbir extract`") from exc
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+    try:
+        shared = replace(dataset, root="")
+        key_dir = dataset_dir(tmp, shared)
+        _write_thumbnails(dataset, key_dir, thumb_size, progress)
+        for method, entry in entries.items():
+            db, queries, note = reduce_descriptors(entry.db, entry.queries, reduce)
+            inherited = {k: v for k, v in entry.manifest.items() if k in ("backbone", "versions", "weights_sha256",
+                                                                         "image_size", "resize", "query_crop",
+                                                                         "whitening", "skipped")}
+            save_entry(tmp, shared, method, db, queries, {**inherited, **note})
+            bundled = load_entry(tmp, shared, method)
+            for protocol in grid_protocols or shared.protocols:
+                stored_diffusion_grid(shared, bundled, protocol, progress=progress)
+            if layouts:
+                from .manifold import stored_layouts
+                stored_layouts(shared, bundled, progress=progress)
+        files = _file_table(tmp)
+        manifest = {
+            "format": BUNDLE_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "versions": {"cbir": __version__, "python": platform.python_version(),
+                         "numpy": np.__version__},
+            "dataset": dataset.name,
+            "dataset_key": key_dir.name,
+            "names_sha1": names_hash(dataset.images),
+            "methods": [m.to_dict() for m in entries],
+            "reduce": reduce,
+            "thumb_size": thumb_size,
+            "files": files,
+            "total_bytes": sum(f["bytes"] for f in files.values()),
+        }
+        atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=1))
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return manifest
+
+
+def is_bundle(root: Path) -> bool:
+    return (Path(root) / "bundle.json").is_file()
+
+
+def verify_bundle(root: Path) -> dict:
+    """The bundle's manifest after checking format, presence and checksum of every file."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / "bundle.json").read_text())
+    except FileNotFoundError as exc:
+        raise BundleError(f"{root}: no bundle.json; not a bundle") from exc
+    except ValueError as exc:
+        raise BundleError(f"{root}/bundle.json: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        found = manifest.get("format") if isinstance(manifest, dict) else None
+        raise BundleError(f"{root}/bundle.json: bundle format {found!r}; this version of cbir reads "
+                          f"format {BUNDLE_FORMAT}: rebuild it with `python -m cbir bundle`")
+    for name, info in manifest.get("files", {}).items():
+        path = root / name
+        if not path.is_file():
+            raise BundleError(f"{path}: listed in bundle.json but missing")
+        if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
+            raise BundleError(f"{path}: contents differ from bundle.json (modified or truncated)")
+    return manifest

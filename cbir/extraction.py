@@ -1,0 +1,537 @@
+"""Descriptor extraction: one CNN forward pass per image feeds every pooling asked for.
+
+The feature map is the expensive part, so all methods that share backbone, weights
+and image size are computed in one pass. Images are only ever downscaled (longer
+side = `method.size`, aspect kept, never centre-cropped); a query is cropped to its
+box and the crop scaled by the factor its full image gets (REFERENCE.md "Query
+crop"). Completed chunks of a pass go to a `.partial` directory, so a killed or
+cancelled run resumes where it stopped and ends with the same descriptors.
+
+torch and timm are imported inside the functions that run the model: loading a
+valid cache entry (`ensure_descriptors` on a warm cache) stays light.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from . import __version__
+from .cache import (CacheError, Entry, PartialRun, dataset_key, entry_dir, list_datasets,
+                    load_entry, load_entry_array, partial_dir, save_dataset, save_entry)
+from .data import Dataset
+from .method import Method
+
+log = logging.getLogger(__name__)
+
+Progress = Callable[[int, int, str], None]
+
+CHUNK_SIZE = 64
+REGIONS_FILE = "regions_sample.npy"
+REGIONS_SAMPLE = 20_000
+WHITENING_MEAN = "whitening_mean.npy"
+WHITENING_PROJECTION = "whitening_projection.npy"
+RMAC_LEVELS = 3
+WHITENING_POWER = {"pca": 0.5, "pca-partial": 0.25}
+DTYPES = ("float32", "float16")
+RESIZE_NOTE = "longer side scaled down to the method size (never up), aspect kept, no centre crop, LANCZOS"
+QUERY_NOTE = "query cropped to its box; the crop scaled by its full image's factor"
+INHERITED = ("versions", "weights_sha256", "weights_source", "weights_file", "backbone", "image_size", "resize", "query_crop",
+             "device", "precision", "extraction_seconds", "skipped_images", "missing_images",
+             "n_images_total", "n_queries_total")
+
+
+class ExtractionCancelled(RuntimeError):
+    """The caller stopped the extraction; completed chunks are kept for the next run."""
+
+
+# --- what the model sees ------------------------------------------------------
+
+def scale_factor(width: int, height: int, size: int) -> float:
+    """The factor that brings the longer side down to `size`; never above 1 (no upscaling)."""
+    return min(1.0, size / max(width, height))
+
+
+def crop_box(bbox, width: int, height: int, path) -> tuple[int, int, int, int]:
+    """The query box in whole pixels, clipped to the image (as PIL's crop rounds it)."""
+    if bbox is None:
+        return 0, 0, width, height
+    x1, y1, x2, y2 = (int(round(float(v))) for v in bbox)
+    x1, x2 = max(0, x1), min(width, x2)
+    y1, y2 = max(0, y1), min(height, y2)
+    if x2 <= x1 or y2 <= y1:
+        raise ValueError(f"{path}: query box {tuple(bbox)} is empty inside the {width}x{height} image")
+    return x1, y1, x2, y2
+
+
+def load_image(path, size: int, bbox=None):
+    """The image (or query crop) as the model must see it, as a PIL RGB image.
+
+    JPEG decoding uses `draft` (DCT scaling) only while the decoded image stays at
+    least twice the target, as `PIL.Image.thumbnail` does, then LANCZOS does the rest.
+    """
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            width, height = img.size
+            scale = scale_factor(width, height, size)
+            box = crop_box(bbox, width, height, path)
+            out = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
+            img.draft("RGB", (2 * math.ceil(width * scale), 2 * math.ceil(height * scale)))
+            fx, fy = img.size[0] / width, img.size[1] / height
+            img = img.convert("RGB")
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{path}: unreadable image ({exc})") from exc
+    if (fx, fy) == (1.0, 1.0) and out == (box[2] - box[0], box[3] - box[1]):
+        return img.crop(box) if bbox is not None else img
+    return img.resize(out, Image.Resampling.LANCZOS,
+                      box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy))
+
+
+def image_tensor(image, mean, std):
+    """(3, h, w) float32, normalised with the backbone's mean/std; channels-last in memory."""
+    import torch
+
+    arr = np.asarray(image, dtype=np.float32) * np.float32(1 / 255)
+    arr = (arr - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return torch.from_numpy(arr).permute(2, 0, 1)
+
+
+class PassItems:
+    """Database images then queries of one pass, decoded and resized in DataLoader workers."""
+
+    def __init__(self, items: list[tuple[str, tuple | None]], order: list[int], size: int, mean, std):
+        self.items, self.order, self.size = items, order, size
+        self.mean, self.std = tuple(mean), tuple(std)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def __getitem__(self, i: int):
+        index = self.order[i]
+        path, bbox = self.items[index]
+        try:
+            return index, image_tensor(load_image(path, self.size, bbox), self.mean, self.std), ""
+        except ValueError as exc:
+            return index, None, str(exc)
+
+
+def _init_worker(_worker_id: int) -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:
+        return os.cpu_count() or 1
+
+
+def default_workers() -> int:
+    """One decoding process per spare core: on 2 cores one worker prefetches while the model runs."""
+    return max(1, min(8, cpu_count() - 1))
+
+
+@contextmanager
+def torch_threads(n: int):
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# --- one forward pass, several heads ---------------------------------------------
+
+@dataclass(frozen=True)
+class Head:
+    """One descriptor computed from the shared feature map; R-MAC may carry its regional whitening."""
+    method: Method
+    whitening: object = None
+    store_regions: bool = False
+
+    def fingerprint(self) -> dict:
+        w = self.whitening
+        digest = None
+        if w is not None:
+            digest = hashlib.sha1(np.ascontiguousarray(w.mean, np.float64).tobytes()
+                                  + np.ascontiguousarray(w.projection, np.float64).tobytes()).hexdigest()
+        return {"slug": self.method.slug(), "whitening": digest, "regions": self.store_regions}
+
+
+def _pool_head(fmap, head: Head):
+    from .pooling import pool, rmac
+
+    if head.method.pooling == "rmac":
+        return rmac(fmap, L=RMAC_LEVELS, whitening=head.whitening)
+    return pool(fmap, head.method.pooling)
+
+
+def _region_sample(fmap, index: int, quota: int) -> np.ndarray:
+    """A fixed random subset (seeded by the image index, so resumes agree) of its regional MACs."""
+    from .pooling import regional_macs
+
+    regions = regional_macs(fmap, L=RMAC_LEVELS).float().cpu().numpy()
+    rng = np.random.default_rng([20_000, index])
+    take = np.sort(rng.choice(len(regions), size=min(quota, len(regions)), replace=False))
+    return regions[take]
+
+
+def _pass_items(dataset: Dataset) -> list[tuple[str, tuple | None]]:
+    return ([(str(dataset.image_path(i)), None) for i in range(len(dataset.images))]
+            + [(str(dataset.query_path(q)), dataset.queries[q].bbox) for q in range(len(dataset.queries))])
+
+
+def _versions() -> dict:
+    import PIL
+    import timm
+    import torch
+
+    return {"cbir": __version__, "torch": torch.__version__, "timm": timm.__version__,
+            "numpy": np.__version__, "pillow": PIL.__version__}
+
+
+def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, device, *,
+              progress: Progress | None, cancel, workers: int, chunk_size: int) -> tuple[dict, dict, PartialRun]:
+    """Compute every head for every image and query: (arrays by head slug, run info, its partial run).
+
+    The caller removes the partial run once the entries are written."""
+    import torch
+
+    items = _pass_items(dataset)
+    n_db, n = len(dataset.images), len(items)
+    n_chunks = math.ceil(n / chunk_size)
+    quota = max(1, REGIONS_SAMPLE // max(1, n_db))
+    stores_regions = any(h.store_regions for h in heads)
+    fingerprint = {
+        "dataset_key": dataset_key(dataset), "items": items, "size": heads[0].method.size,
+        "backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
+        "heads": [h.fingerprint() for h in heads], "chunk_size": chunk_size,
+        "region_quota": quota if stores_regions else 0, "device": device.type,
+        "torch": torch.__version__,
+    }
+    run_id = "{}-{}-{}-{}".format(backbone.name, heads[0].method.size, heads[0].method.weights,
+                                  hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12])
+    run = PartialRun(partial_dir(cache_root, dataset, run_id), fingerprint)
+
+    def chunk_range(c: int) -> range:
+        return range(c * chunk_size, min(n, (c + 1) * chunk_size))
+
+    def valid(c: int, arrays: dict | None) -> bool:
+        expected = len(chunk_range(c))
+        return arrays is not None and all(
+            f"d{j}" in arrays and len(arrays[f"d{j}"]) == expected for j in range(len(heads))
+        ) and (not stores_regions or "regions" in arrays)
+
+    chunks = {c: arrays for c in range(n_chunks) if valid(c, arrays := run.load_chunk(c))}
+    resumed = sum(len(chunk_range(c)) for c in chunks)
+    todo = [i for c in range(n_chunks) if c not in chunks for i in chunk_range(c)]
+    stage = f"{backbone.name} {heads[0].method.size}px: " + ", ".join(h.method.pooling for h in heads)
+    if progress:
+        progress(resumed, n, stage)
+
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            PassItems(items, todo, heads[0].method.size, backbone.mean, backbone.std),
+            batch_size=None, shuffle=False, num_workers=workers,
+            worker_init_fn=_init_worker if workers else None,
+            prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+        cuda = device.type == "cuda"
+        done, current, started = resumed, {}, time.perf_counter()
+        with torch.inference_mode():
+            for index, tensor, error in loader:
+                if error:
+                    raise RuntimeError(f"{error}; it is listed in the dataset, so the dataset changed "
+                                       "on disk: reload it (unreadable images are skipped at load time)")
+                x = tensor.unsqueeze(0).to(device, non_blocking=True).contiguous(
+                    memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    fmap = backbone.model(x)
+                fmap = fmap.float()
+                current[index] = ([_pool_head(fmap, h)[0].float().cpu().numpy() for h in heads],
+                                  _region_sample(fmap, index, quota) if stores_regions and index < n_db
+                                  else None)
+                done += 1
+                c = index // chunk_size
+                if index == chunk_range(c)[-1]:
+                    arrays = {f"d{j}": np.stack([current[i][0][j] for i in chunk_range(c)])
+                              for j in range(len(heads))}
+                    if stores_regions:
+                        found = [current[i][1] for i in chunk_range(c) if current[i][1] is not None]
+                        arrays["regions"] = (np.concatenate(found) if found
+                                             else np.zeros((0, backbone.channels), np.float32))
+                    run.save_chunk(c, arrays, time.perf_counter() - started)
+                    chunks[c] = arrays
+                    current, started = {}, time.perf_counter()
+                if progress:
+                    progress(done, n, stage)
+                if cancel is not None and cancel.is_set():
+                    raise ExtractionCancelled(f"extraction cancelled after {done} of {n} images; "
+                                              "completed chunks are kept and the next run resumes")
+
+    ordered = [chunks[c] for c in range(n_chunks)]
+    outputs = {h.method.slug(): np.concatenate([a[f"d{j}"] for a in ordered]).astype(np.float32)
+               for j, h in enumerate(heads)}
+    if stores_regions:
+        outputs[REGIONS_FILE] = np.concatenate([a["regions"] for a in ordered]).astype(np.float32)
+    info = {"extraction_seconds": round(run.seconds, 3), "resumed_items": resumed,
+            "images_per_second": round((n - resumed) / run.seconds, 3) if run.seconds and n > resumed else None}
+    return outputs, info, run
+
+
+# --- whitening ----------------------------------------------------------------------
+
+def unwhitened(method: Method) -> Method:
+    return replace(method.descriptor_key(), whitening="none", whiten_on="")
+
+
+def whitening_source(method: Method, dataset: Dataset, cache_root: Path) -> tuple[str, Dataset]:
+    """The dataset a whitening is learned on: `whiten_on` as a cache key or dataset name,
+    or the test dataset itself (transductive) when empty or naming it."""
+    own = dataset_key(dataset)
+    if method.whiten_on in ("", dataset.name, own):
+        return own, dataset
+    cached = list_datasets(cache_root)
+    if method.whiten_on in cached:
+        return method.whiten_on, cached[method.whiten_on]
+    named = {key: ds for key, ds in cached.items() if ds.name == method.whiten_on}
+    if len(named) == 1:
+        return next(iter(named.items()))
+    if len(named) > 1:
+        raise ValueError(f"whitening source {method.whiten_on!r} is ambiguous in {cache_root}: "
+                         f"cached as {sorted(named)}; pass one of these keys")
+    raise FileNotFoundError(
+        f"whitening source {method.whiten_on!r} is not in the cache {cache_root}: extract "
+        f"{unwhitened(method).label()} on it first (python -m cbir extract --dataset {method.whiten_on} ...)")
+
+
+def learn_method_whitening(method: Method, source: Entry, source_key: str):
+    """Learn the PCA whitening of `method` from a source entry: on its database descriptors,
+    or for R-MAC on its sample of regional MACs (the whitening applies per region)."""
+    from .whitening import learn_whitening
+
+    if method.pooling == "rmac":
+        try:
+            X = load_entry_array(source, REGIONS_FILE)
+        except CacheError as exc:
+            raise CacheError(f"R-MAC whitening needs the regional sample of {source.path}: {exc}") from exc
+    else:
+        X = source.db
+    return learn_whitening(np.asarray(X, np.float32), power=WHITENING_POWER[method.whitening],
+                           learned_on=source_key)
+
+
+def whitening_arrays(whitening) -> dict[str, np.ndarray]:
+    """The learned whitening, stored in its entry so a new query can be described the same way."""
+    if whitening is None:
+        return {}
+    return {WHITENING_MEAN: whitening.mean, WHITENING_PROJECTION: whitening.projection}
+
+
+def entry_whitening(entry: Entry):
+    """The `cbir.whitening.Whitening` a whitened entry was computed with (None if un-whitened).
+
+    For R-MAC it applies to each regional MAC (`cbir.pooling.rmac(fmap, whitening=...)`),
+    otherwise to the pooled descriptor (`cbir.whitening.apply_whitening`).
+    """
+    info = entry.manifest.get("whitening")
+    if not info:
+        return None
+    from .whitening import Whitening
+
+    return Whitening(mean=load_entry_array(entry, WHITENING_MEAN),
+                     projection=load_entry_array(entry, WHITENING_PROJECTION),
+                     power=float(info["power"]), learned_on=info["learned_on"])
+
+
+def _whitening_info(method: Method, dataset: Dataset, source_key: str, source: Entry, n: int) -> dict:
+    return {"kind": method.whitening, "power": WHITENING_POWER[method.whitening],
+            "learned_on": source_key, "transductive": source_key == dataset_key(dataset),
+            "learned_from": (f"{n} regional MACs" if method.pooling == "rmac" else f"{n} database descriptors")
+            + f" of {source.path.name}",
+            "applied": "per region inside R-MAC" if method.pooling == "rmac" else "post-hoc, then L2"}
+
+
+# --- public API -------------------------------------------------------------------
+
+def _has_regions(entry: Entry) -> bool:
+    return REGIONS_FILE in entry.manifest.get("files", {})
+
+
+def _cached(cache_root: Path, dataset: Dataset, method: Method) -> Entry | None:
+    try:
+        entry = load_entry(cache_root, dataset, method)
+    except CacheError:
+        return None
+    return entry if method.pooling != "rmac" or method.whitening != "none" or _has_regions(entry) else None
+
+
+def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress: Progress | None = None,
+            device=None, batch_size: int = 1, workers: int | None = None, *, dtype: str = "float32",
+            weights_file: Path | None = None, cancel=None, chunk_size: int = CHUNK_SIZE,
+            threads: int | None = None) -> dict[Method, Entry]:
+    """Compute, cache and return the descriptors of `methods` on `dataset` (recomputing them).
+
+    Methods sharing backbone, weights and size share one forward pass. A whitened
+    method is learned from the un-whitened descriptors of `whiten_on` (taken from the
+    cache, or computed here when it is this dataset) and, for mac/spoc/gem, applied
+    post-hoc; whitened R-MAC needs a second pass (whitening per region). `progress`
+    is called as (done, total, stage); it may raise to stop, as may setting the
+    `cancel` event: completed chunks stay in the cache's `.partial` directory and the
+    next call resumes from them. Images are fed one at a time (`batch_size` 1), as
+    sizes vary and must never be distorted to batch.
+    """
+    if batch_size != 1:
+        raise ValueError("batch_size must be 1: images keep their own size (no crop or distortion to batch)")
+    if dtype not in DTYPES:
+        raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {DTYPES}")
+    cache_root = Path(cache_root)
+    save_dataset(cache_root, dataset)
+    wanted = {m: m.descriptor_key() for m in methods}
+    entries: dict[Method, Entry] = {}
+    groups: dict[tuple, list[Method]] = {}
+    for key in dict.fromkeys(wanted.values()):
+        groups.setdefault((key.backbone, key.weights, key.size), []).append(key)
+    for (backbone_name, weights, _size), group in groups.items():
+        entries |= _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file,
+                                  progress=progress, device=device, workers=workers, dtype=dtype,
+                                  cancel=cancel, chunk_size=chunk_size, threads=threads)
+    return {m: entries[key] for m, key in wanted.items()}
+
+
+def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file, *, progress, device,
+                   workers, dtype, cancel, chunk_size, threads) -> dict[Method, Entry]:
+    import torch
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    workers = default_workers() if workers is None else workers
+    backbone = None
+    entries: dict[Method, Entry] = {}
+
+    def get_backbone():
+        nonlocal backbone
+        if backbone is None:
+            from .backbones import load_backbone
+
+            loaded = load_backbone(backbone_name, weights, weights_file)
+            backbone = replace(loaded, model=loaded.model.to(device).to(memory_format=torch.channels_last))
+        return backbone
+
+    def save(heads: list[Head], outputs: dict, info: dict, run: PartialRun, whitenings: dict) -> None:
+        bb = get_backbone()
+        common = {"versions": _versions(), "weights_sha256": bb.weights_sha256,
+                  "weights_source": bb.weights_source,
+                  "weights_file": str(weights_file) if weights_file else None,
+                  "backbone": {"name": bb.name, "channels": bb.channels, "n_params": bb.n_params,
+                               "mean": list(bb.mean), "std": list(bb.std)},
+                  "image_size": heads[0].method.size, "resize": RESIZE_NOTE, "query_crop": QUERY_NOTE,
+                  "device": str(device),
+                  "precision": "bfloat16 autocast forward, float32 pooling" if device.type == "cuda"
+                  else "float32", "storage_dtype": dtype, "n_images_total": dataset.n_images_total,
+                  "n_queries_total": dataset.n_queries_total, "skipped_images": dataset.unreadable,
+                  "missing_images": len(dataset.missing),
+                  **info}
+        n_db = len(dataset.images)
+        for head in heads:
+            desc = outputs[head.method.slug()]
+            arrays = whitening_arrays(head.whitening)
+            if head.store_regions:
+                arrays[REGIONS_FILE] = outputs[REGIONS_FILE]
+            extra = common | {"whitening": whitenings.get(head.method), "regions_sample": (
+                len(outputs[REGIONS_FILE]) if head.store_regions else 0)}
+            save_entry(cache_root, dataset, head.method, desc[:n_db].astype(dtype), desc[n_db:].astype(dtype),
+                       extra=extra, arrays=arrays)
+            entries[head.method] = load_entry(cache_root, dataset, head.method)
+        run.remove()
+
+    def forward(heads: list[Head], whitenings: dict) -> None:
+        with torch_threads(threads or cpu_count()):
+            outputs, info, run = _run_pass(dataset, heads, get_backbone(), cache_root, device,
+                                           progress=progress, cancel=cancel, workers=workers,
+                                           chunk_size=chunk_size)
+        save(heads, outputs, info, run, whitenings)
+
+    plain = [m for m in group if m.whitening == "none"]
+    whitened = [m for m in group if m.whitening != "none"]
+    sources = {m: whitening_source(m, dataset, cache_root) for m in whitened}
+    own_key = dataset_key(dataset)
+    available: dict[tuple[str, Method], Entry] = {}
+    for m in whitened:
+        base = unwhitened(m)
+        key, source_ds = sources[m]
+        needed = [(key, source_ds)] + ([(own_key, dataset)] if m.pooling != "rmac" else [])
+        for ds_key, ds in needed:
+            if (ds_key, base) in available or (ds is dataset and base in plain):
+                continue
+            found = _cached(cache_root, ds, base)
+            if found is not None:
+                available[ds_key, base] = found
+            elif ds is dataset:
+                plain.append(base)
+            else:
+                raise FileNotFoundError(
+                    f"whitening source {ds_key}: no valid cached {base.label()} in {cache_root}; "
+                    f"extract it on {ds.name} first (python -m cbir extract --dataset {ds.name} ...)")
+    if plain:
+        forward([Head(m, None, m.pooling == "rmac") for m in plain], {})
+        available |= {(own_key, m): entries[m] for m in plain}
+
+    from .whitening import apply_whitening
+
+    rmac_heads, whitenings = [], {}
+    for m in whitened:
+        key, _ = sources[m]
+        source = available[key, unwhitened(m)]
+        stage = f"learning {m.whitening} whitening on {key}"
+        if progress:
+            progress(0, 1, stage)
+        w = learn_method_whitening(m, source, key)
+        n_learned = len(load_entry_array(source, REGIONS_FILE)) if m.pooling == "rmac" else len(source.db)
+        whitenings[m] = _whitening_info(m, dataset, key, source, n_learned)
+        if m.pooling == "rmac":
+            rmac_heads.append(Head(m, w))
+        else:
+            own = available[own_key, unwhitened(m)]
+            extra = {k: own.manifest.get(k) for k in INHERITED}
+            save_entry(cache_root, dataset, m,
+                       apply_whitening(np.asarray(own.db, np.float32), w).astype(dtype),
+                       apply_whitening(np.asarray(own.queries, np.float32), w).astype(dtype),
+                       extra=extra | {"storage_dtype": dtype, "whitening": whitenings[m],
+                                      "derived_from": own.path.name},
+                       arrays=whitening_arrays(w))
+            entries[m] = load_entry(cache_root, dataset, m)
+        if progress:
+            progress(1, 1, stage)
+    if rmac_heads:
+        forward(rmac_heads, whitenings)
+    return {m: entries[m] for m in group}
+
+
+def ensure_descriptors(dataset: Dataset, method: Method, cache_root: Path, progress: Progress | None = None,
+                       **options) -> Entry:
+    """The cached descriptors of `method` if the entry is valid; otherwise (re)build them.
+
+    A present but defective entry (truncated, tampered, stale) is reported on the log
+    before it is rebuilt, so nobody silently waits for a re-extraction.
+    """
+    try:
+        return load_entry(cache_root, dataset, method)
+    except CacheError as exc:
+        if entry_dir(cache_root, dataset_key(dataset), method).exists():
+            log.warning("rebuilding defective cache entry: %s", exc)
+    return extract(dataset, [method], cache_root, progress=progress, **options)[method]

@@ -1,0 +1,165 @@
+"""Cached access to the cache directory and to the `cbir` computations the pages draw.
+
+Large read-only arrays (descriptors, rankings, diffusion graphs) live in
+`st.cache_resource`: shared, never copied, never mutated. Small derived tables
+(evaluation reports, the alpha x k grid) live in `st.cache_data`. Every cached
+function takes a `stamp` (the manifest's modification time) so a re-extracted
+entry is reloaded instead of served stale. No retrieval math here: it all comes
+from `cbir.ranking`, `cbir.rerank`, `cbir.diffusion` and `cbir.metrics`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from cbir.cache import CacheError, Entry, list_datasets, list_entries, load_entry
+from cbir.data import Dataset
+from cbir.method import Method
+
+from .state import cache_root
+
+RERANKS = ("none", "aqe", "diffusion")
+
+
+def method_id(method: Method) -> str:
+    """The method's name in URLs: the descriptor slug, plus `+<re-ranking>` if any."""
+    return method.slug() if method.rerank == "none" else f"{method.slug()}+{method.rerank}"
+
+
+def _stamp(path: Path) -> int:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return 0
+
+
+def datasets() -> dict[str, Dataset]:
+    """Datasets described in the cache, by dataset key."""
+    root = cache_root()
+    stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
+    return _datasets(str(root), stamp)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _datasets(root: str, stamp: tuple) -> dict[str, Dataset]:
+    return list_datasets(Path(root))
+
+
+def descriptor_methods(key: str) -> list[Method]:
+    root = cache_root()
+    stamp = tuple((p.parent.name, _stamp(p)) for p in sorted((root / key).glob("*/manifest.json")))
+    return _entries(str(root), key, stamp)
+
+
+@st.cache_data(max_entries=16, show_spinner=False)
+def _entries(root: str, key: str, stamp: tuple) -> list[Method]:
+    return list_entries(Path(root), key)
+
+
+def method_options(key: str) -> dict[str, Method]:
+    """Every method the cache supports: each descriptor entry with each re-ranking."""
+    return {method_id(m.with_rerank(r)): m.with_rerank(r)
+            for m in descriptor_methods(key) for r in RERANKS}
+
+
+def _where(key: str, method: Method) -> tuple[str, str, str, int]:
+    """(cache root, dataset key, descriptor slug, manifest mtime): what cached results depend on."""
+    root = cache_root()
+    slug = method.descriptor_key().slug()
+    return str(root), key, slug, _stamp(root / key / slug / "manifest.json")
+
+
+def _descriptor(key: str, slug: str) -> Method:
+    method = next((m for m in descriptor_methods(key) if m.slug() == slug), None)
+    if method is None:
+        raise CacheError(f"{cache_root() / key / slug}: no such cache entry")
+    return method
+
+
+def entry(key: str, method: Method) -> Entry:
+    """The validated descriptors of `method` (float32); CacheError if the entry is defective."""
+    return _entry(*_where(key, method))
+
+
+@st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
+def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
+    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug))
+    return Entry(found.db.astype(np.float32, copy=False), found.queries.astype(np.float32, copy=False),
+                 found.manifest, found.path)
+
+
+def ranker(key: str, method: Method, k: int, gamma: float):
+    """The diffusion graph of this method's database (built once per k, gamma)."""
+    return _ranker(*_where(key, method), k, gamma)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Building the diffusion graph...")
+def _ranker(root: str, key: str, slug: str, stamp: int, k: int, gamma: float):
+    from cbir.diffusion import DiffusionRanker
+    return DiffusionRanker(entry(key, _descriptor(key, slug)).db, k=k, gamma=gamma)
+
+
+def ranks(key: str, method: Method) -> np.ndarray:
+    """Full ranking (n_queries, n_db) of the database for every query under `method`."""
+    return _ranks(*_where(key, method), method)
+
+
+@st.cache_resource(max_entries=32, show_spinner="Ranking...")
+def _ranks(root: str, key: str, slug: str, stamp: int, method: Method) -> np.ndarray:
+    from cbir.rerank import rerank
+    found = entry(key, method)
+    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
+    return rerank(method, found.db, found.queries, ranker=graph)
+
+
+def report(key: str, method: Method, protocol: str) -> dict:
+    """`cbir.metrics.evaluation_report` of the method's ranking under `protocol`."""
+    return _report(*_where(key, method), method, protocol)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str) -> dict:
+    from cbir.metrics import evaluation_report
+    return evaluation_report(ranks(key, method), datasets()[key], protocol)
+
+
+def diffusion_grid(key: str, method: Method, protocol: str, kq: int, gamma: float) -> dict:
+    """The mAP grid over (alpha, k) of `cbir.evaluation`: read from the entry, else computed and stored."""
+    return _diffusion_grid(*_where(key, method), protocol, kq, gamma)
+
+
+@st.cache_data(max_entries=16, show_spinner="Computing the (alpha, k) grid of mAP (once; stored in the cache)...")
+def _diffusion_grid(root: str, key: str, slug: str, stamp: int, protocol: str, kq: int, gamma: float) -> dict:
+    from cbir.evaluation import stored_diffusion_grid
+    return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma)
+
+
+class NotComputed(Exception):
+    """Layouts are not in the cache and computing them was not asked for."""
+
+
+def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, compute: bool = False,
+            recompute: bool = False, progress=None) -> dict[str, np.ndarray] | None:
+    """The aligned before/after-diffusion layouts from the entry directory (`cbir.manifold`).
+
+    Without `compute`, None when they are not stored yet: UMAP (seconds to minutes, and
+    a slow import) runs only when the user asks for it.
+    """
+    from cbir.manifold import layouts as stored
+
+    found = entry(key, method)
+    graph = ranker(key, method, k, gamma)
+
+    def report(done: int, total: int, stage: str) -> None:
+        if done < total and not (compute or recompute):
+            raise NotComputed(stage)
+        if progress is not None:
+            progress(done, total, stage)
+
+    try:
+        return stored(found.db, graph.S, found.path, f"k{k}-g{gamma:g}-a{alpha:g}", recompute=recompute,
+                      progress=report, alpha=alpha)
+    except NotComputed:
+        return None

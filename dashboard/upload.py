@@ -1,0 +1,66 @@
+"""A user's own image as a query: validation of the upload, then its descriptor.
+
+The descriptor goes through the same preprocessing as the cached queries
+(`cbir.extraction.load_image`: max side = method size, box crop scaled like the
+full image) and the same pooling. torch is imported only here, when the user asks.
+"""
+from __future__ import annotations
+
+import io
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+from PIL import Image, UnidentifiedImageError
+
+MAX_PIXELS = 40_000_000
+
+
+def read_upload(data: bytes, name: str) -> Image.Image:
+    """The uploaded image as RGB; ValueError naming the file for non-images and oversized images."""
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if width * height > MAX_PIXELS:
+                raise ValueError(f"{name}: {width}x{height} pixels is too large "
+                                 f"(at most {MAX_PIXELS // 1_000_000} megapixels)")
+            img.load()
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: not a readable image ({exc})") from exc
+
+
+def torch_available() -> bool:
+    import importlib.util
+    return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
+
+
+def describe(data: bytes, name: str, box: tuple[int, int, int, int], method) -> np.ndarray:
+    """(1, D) float32 descriptor of the uploaded file cropped to `box` under `method`.
+
+    The bytes go to a temporary file as they came, so decoding and resizing are exactly
+    those of the cached queries. Un-whitened methods only: the whitening is not cached.
+    """
+    if method.whitening != "none":
+        raise ValueError(f"{method.label()}: uploads support un-whitened methods only")
+    import torch
+
+    from cbir.extraction import image_tensor, load_image
+    from cbir.pooling import pool, rmac
+
+    backbone = _backbone(method.backbone, method.weights)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"upload{Path(name).suffix.lower()}"
+        path.write_bytes(data)
+        crop = load_image(path, method.size, box)
+    with torch.inference_mode():
+        fmap = backbone.model(image_tensor(crop, backbone.mean, backbone.std)[None])
+        desc = rmac(fmap) if method.pooling == "rmac" else pool(fmap, method.pooling)
+    return desc.float().numpy()
+
+
+@st.cache_resource(max_entries=2, show_spinner="Loading the backbone...")
+def _backbone(name: str, weights: str):
+    from cbir.backbones import load_backbone
+    return load_backbone(name, weights)

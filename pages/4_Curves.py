@@ -1,0 +1,84 @@
+"""Curves: precision@k and precision-recall per query with their mean, per-query AP and its changes."""
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import streamlit as st
+
+from cbir.cache import CacheError
+from cbir.metrics import pr_curves, precision_at_k_curves
+from dashboard import loaders, sidebar, state, tables
+
+KMAX = 100
+
+view = sidebar.open_page("Curves")
+dataset = view.dataset
+names = view.query_names
+try:
+    ranking = {m: loaders.ranks(view.key, m) for m in view.methods}
+    ap = tables.per_query(view, view.methods)
+except CacheError as exc:
+    st.error(str(exc))
+    st.stop()
+kmax = min(KMAX, len(dataset.images))
+colours = ["#1f77b4", "#d62728", "#2ca02c"]
+
+left, right = st.columns(2)
+with left:
+    figure = go.Figure()
+    for colour, method in zip(colours, view.methods):
+        curves = precision_at_k_curves(ranking[method], view.gnd, kmax)
+        ks = np.arange(1, kmax + 1)
+        for name, curve in zip(names, curves):
+            figure.add_scatter(x=ks, y=curve, mode="lines", line={"color": colour, "width": 0.6},
+                               opacity=0.25, name=name, legendgroup=method.label(), showlegend=False)
+        figure.add_scatter(x=ks, y=np.nanmean(curves, axis=0), mode="lines", line={"color": colour, "width": 3},
+                           name=f"mean: {method.label()}", legendgroup=method.label())
+    figure.update_layout(title="Precision@k (plain P@k, junk removed)", xaxis_title="k",
+                         yaxis_title="precision", yaxis_range=[0, 1.02], height=420,
+                         legend={"orientation": "h", "y": -0.25})
+    st.plotly_chart(figure, key="pk")
+with right:
+    figure = go.Figure()
+    grid = np.linspace(0, 1, 101)
+    for colour, method in zip(colours, view.methods):
+        curves = [c for c in pr_curves(ranking[method], view.gnd) if c[0].size]
+        for name, (recall, precision) in zip(names, curves):
+            figure.add_scatter(x=recall, y=precision, mode="lines", line={"color": colour, "width": 0.6},
+                               opacity=0.25, name=name, legendgroup=method.label(), showlegend=False)
+        mean = np.mean([np.interp(grid, r, p, right=0.0) for r, p in curves], axis=0) if curves else grid * 0
+        figure.add_scatter(x=grid, y=mean, mode="lines", line={"color": colour, "width": 3},
+                           name=f"mean: {method.label()}", legendgroup=method.label())
+    figure.update_layout(title="Precision-recall (the curves the reference AP integrates)",
+                         xaxis_title="recall", yaxis_title="precision", yaxis_range=[0, 1.02], height=420,
+                         legend={"orientation": "h", "y": -0.25})
+    st.plotly_chart(figure, key="pr")
+    st.caption("Bold: the mean of the per-query curves, linearly interpolated on a recall grid.")
+
+first = view.methods[0].label()
+st.subheader(f"Per-query AP, sorted ({first})")
+order = ap[first].sort_values(ascending=False)
+st.plotly_chart(go.Figure(go.Bar(x=order.index, y=order.values)).update_layout(
+    yaxis_title="AP %", height=360, margin={"t": 20}), key="ap_bars")
+
+if len(view.methods) >= 2:
+    label = {loaders.method_id(m): m.label() for m in view.methods}
+    ids = list(label)
+    a = state.select("Method A", "compare_a", ids, default=ids[0], format_func=label.get)
+    b = state.select("Method B", "compare_b", ids, default=ids[1], format_func=label.get)
+    difference = (ap[label[b]] - ap[label[a]]).dropna().sort_values()
+    st.subheader("AP difference B - A per query")
+    st.plotly_chart(go.Figure(go.Bar(
+        x=difference.index, y=difference.values,
+        marker_color=["#2ca02c" if d > 0 else "#d62728" for d in difference.values])).update_layout(
+        yaxis_title="AP difference (points)", height=360, margin={"t": 20}), key="ap_diff")
+    st.markdown(f"B better on **{int((difference > 0).sum())}** queries, worse on "
+                f"**{int((difference < 0).sum())}**, equal on **{int((difference == 0).sum())}**.")
+
+st.subheader(f"Hardest queries ({first})")
+hardest = ap[first].dropna().sort_values().head(10)
+links = [f"./Query_explorer?dataset={view.key}&protocol={view.protocol}&query={name}"
+         + "".join(f"&methods={loaders.method_id(m)}" for m in view.methods) for name in hardest.index]
+st.dataframe(pd.DataFrame({"query": hardest.index, "AP %": hardest.values, "explore": links}),
+             hide_index=True, key="hardest", column_config={
+                 "AP %": st.column_config.NumberColumn(format="%.2f"),
+                 "explore": st.column_config.LinkColumn(display_text="open in explorer")})

@@ -1,0 +1,63 @@
+"""A small generated dataset and cache for the dashboard tests (3 landmarks x 6 images)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from cbir.cache import save_entry
+from cbir.data import Dataset, Query
+from cbir.method import Method
+
+LANDMARKS = ("arch", "bridge", "tower")
+PER_LANDMARK = 6
+METHODS = (Method(pooling="mac"), Method(pooling="rmac"))
+COLOURS = {"arch": (200, 60, 60), "bridge": (60, 160, 60), "tower": (60, 60, 200)}
+
+
+def make_dataset(data_dir: Path) -> Dataset:
+    """JPEGs under data_dir/tiny; two queries per landmark (original protocol: query in the database).
+
+    The last image of each landmark is junk for that landmark's queries.
+    """
+    root = data_dir / "tiny"
+    images, paths, labels = [], [], []
+    for lm in LANDMARKS:
+        (root / lm).mkdir(parents=True, exist_ok=True)
+        for j in range(PER_LANDMARK):
+            name = f"{lm}_{j:02d}"
+            Image.new("RGB", (64 + 8 * j, 48), COLOURS[lm]).save(root / lm / f"{name}.jpg")
+            images.append(name)
+            paths.append(f"{lm}/{name}.jpg")
+            labels.append(lm)
+    queries, gnd = [], []
+    for li, lm in enumerate(LANDMARKS):
+        members = np.arange(li * PER_LANDMARK, (li + 1) * PER_LANDMARK)
+        for j in (0, 1):
+            index = int(members[j])
+            queries.append(Query(images[index], index, paths[index], (4.0, 4.0, 40.0, 30.0)))
+            gnd.append({"ok": members[:-1].astype(np.int64), "junk": members[-1:].astype(np.int64)})
+    return Dataset("tiny", str(root), images, paths, labels, queries, {"original": gnd},
+                   n_images_total=len(images), n_queries_total=len(queries))
+
+
+def make_cache(cache_dir: Path, dataset: Dataset, seed: int = 0) -> None:
+    """Clustered random descriptors: rmac is cleaner (less noise) than mac, so their mAPs differ."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(len(LANDMARKS), 32))
+    label_index = np.array([LANDMARKS.index(lm) for lm in dataset.labels])
+    for method, noise in zip(METHODS, (1.6, 0.9)):
+        db = centres[label_index] + noise * rng.normal(size=(len(label_index), 32))
+        queries = db[[q.index for q in dataset.queries]] + 0.3 * rng.normal(size=(len(dataset.queries), 32))
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+        queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+        save_entry(cache_dir, dataset, method, db.astype(np.float32), queries.astype(np.float32),
+                   extra={"backbone": {"name": method.backbone, "n_params": 3_371_000}})
+
+
+def build(tmp: Path) -> tuple[Path, Path, Dataset]:
+    data_dir, cache_dir = tmp / "data", tmp / "cache"
+    dataset = make_dataset(data_dir)
+    make_cache(cache_dir, dataset)
+    return data_dir, cache_dir, dataset

@@ -1,0 +1,159 @@
+"""The dashboard in a real browser: `streamlit run app.py` on 127.0.0.1, driven by Chromium.
+
+Each deep-link test starts its own server, so the link is the first thing the server
+ever sees (the classic `pages/` convention must render the page with the sidebar and
+the URL's state even then). Screenshots go to artifacts/screenshots/.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from urllib.parse import urlencode
+
+import pytest
+
+from dashboard_fixture import METHODS, build
+
+REPO = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")
+SHOTS = REPO / "artifacts" / "screenshots"
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+         "--disable-sync", "--no-first-run"]
+PAGES = {"": "Overview", "Query_explorer": "Query explorer", "Diffusion_lab": "Diffusion lab",
+         "Curves": "Curves", "Manifolds": "Manifolds", "Toy_manifolds": "Toy manifolds",
+         "Data_and_descriptors": "Data and descriptors"}
+
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason=f"{CHROMIUM} not installed (apt-get install chromium)")
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory):
+    data_dir, cache_dir, dataset = build(tmp_path_factory.mktemp("browser"))
+    return {"CBIR_DATA_DIR": str(data_dir), "CBIR_CACHE_DIR": str(cache_dir)}, dataset
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A fresh `streamlit run app.py` on a free port, stopped on exit."""
+
+    def __init__(self, env: dict):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless=true",
+             f"--server.port={self.port}", "--server.address=127.0.0.1", "--browser.gatherUsageStats=false"],
+            cwd=REPO, env={**os.environ, **env}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def __enter__(self) -> "Server":
+        deadline = time.time() + 60
+        while time.time() < deadline:
+            try:
+                with urllib.request.urlopen(f"{self.url}/_stcore/health", timeout=2) as reply:
+                    if reply.read() == b"ok":
+                        return self
+            except OSError:
+                time.sleep(0.2)
+        self.__exit__()
+        raise RuntimeError(f"streamlit did not start on {self.url}: {self.process.stderr.read().decode()[-2000:]}")
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(10)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=str(CHROMIUM), args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+def settled(page, timeout: float = 60_000) -> None:
+    """Wait until the script has run and stopped."""
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+    page.wait_for_timeout(300)
+    page.wait_for_selector("[data-testid='stApp'][data-test-script-state='notRunning']", timeout=timeout)
+
+
+def view_params(dataset, **extra) -> str:
+    from cbir.cache import dataset_key
+    return urlencode({"dataset": dataset_key(dataset), "protocol": "original", "query": dataset.queries[3].name,
+                      "methods": [METHODS[1].slug(), f"{METHODS[1].slug()}+diffusion"], "alpha": "0.7", "k": "5",
+                      **extra}, doseq=True)
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_deep_link_on_a_fresh_server_renders_the_page_with_the_url_state(site, browser, path):
+    env, dataset = site
+    with Server(env) as server:
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.goto(f"{server.url}/{path}?{view_params(dataset)}")
+        settled(page)
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SHOTS / f"{path or 'Overview'}.png"), full_page=True)
+        assert page.locator("[data-testid='stException']").count() == 0
+        assert page.locator("h1").first.inner_text().strip() == PAGES[path]
+        sidebar = page.locator("[data-testid='stSidebar']")
+        assert METHODS[1].label() in sidebar.inner_text()  # the URL's methods, not the default
+        if path in ("Query_explorer", "Diffusion_lab", "Manifolds"):
+            assert page.locator("input[aria-label='Query']").input_value() == dataset.queries[3].name
+        if path == "Diffusion_lab":
+            assert page.get_by_text("0.700").count() >= 1
+        assert "query=" in page.url and "alpha=0.7" in page.url
+        page.close()
+
+
+@pytest.fixture(scope="module")
+def server(site):
+    with Server(site[0]) as running:
+        yield running
+
+
+def test_moving_the_alpha_slider_updates_the_map(site, browser, server):
+    _, dataset = site
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/Diffusion_lab?{view_params(dataset, alpha='0.99', k='10')}")
+    settled(page)
+    shown = page.locator("[data-testid='stMetricValue']").first.inner_text()
+    thumb = page.locator("input[type='range'][aria-label='alpha']")
+    thumb.focus()
+    thumb.press("Home")
+    page.wait_for_function("() => new URL(location.href).searchParams.get('alpha') === '0.5'", timeout=30_000)
+    settled(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / "Diffusion_lab-alpha-moved.png"), full_page=True)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator("[data-testid='stMetricValue']").first.inner_text() != shown
+    page.close()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="the uploader is shown only with torch")
+def test_a_non_image_upload_shows_a_clear_message(site, browser, server):
+    _, dataset = site
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/Query_explorer?{view_params(dataset)}")
+    settled(page)
+    page.locator("[data-testid='stFileUploader'] input[type='file']").set_input_files(
+        files=[{"name": "holiday.jpg", "mimeType": "image/jpeg", "buffer": b"this is not a JPEG"}])
+    page.wait_for_selector("[data-testid='stAlertContentError']", timeout=30_000)
+    settled(page)
+    page.screenshot(path=str(SHOTS / "Query_explorer-bad-upload.png"), full_page=True)
+    assert "holiday.jpg: not a readable image" in page.locator("[data-testid='stAlertContentError']").inner_text()
+    assert page.locator("[data-testid='stException']").count() == 0
+    page.close()

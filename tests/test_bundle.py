@@ -1,0 +1,130 @@
+"""Bundles: complete, checksummed, refused when tampered; the study report from the cache."""
+import json
+
+import numpy as np
+import pytest
+
+from cbir.bundle import BundleError, build_bundle, thumbnail_path, verify_bundle
+from cbir.cache import CacheError, dataset_dir, list_datasets, load_entry
+from cbir.metrics import evaluation_report
+from cbir.method import Method
+from cbir.report import study_tables, to_csv, to_markdown
+from cbir.rerank import rerank
+
+from dashboard_fixture import METHODS, build
+
+
+@pytest.fixture
+def small(tmp_path):
+    data_dir, cache_dir, dataset = build(tmp_path)
+    return cache_dir, dataset
+
+
+@pytest.fixture
+def bundle(small, tmp_path):
+    cache_dir, dataset = small
+    out = tmp_path / "bundle"
+    manifest = build_bundle(cache_dir, dataset, list(METHODS), out, layouts=False)
+    return out, manifest, dataset
+
+
+def test_bundle_holds_what_the_dashboard_reads(bundle):
+    out, manifest, dataset = bundle
+    assert verify_bundle(out)["files"] == manifest["files"]
+    [(key, shared)] = list_datasets(out).items()
+    assert shared.root == "" and shared.images == dataset.images
+    key_dir = dataset_dir(out, shared)
+    for name in dataset.images:
+        assert thumbnail_path(key_dir, name).stat().st_size > 0
+    originals = json.loads((key_dir / "thumbs.json").read_text())["original_size"]
+    assert originals[dataset.images[0]] == [64, 48]
+    for method in METHODS:
+        entry = load_entry(out, shared, method)
+        assert entry.db.dtype == np.float16
+        grid = json.loads((entry.path / "grid-original.json").read_text())
+        assert max(grid["ks"]) < len(dataset.images)
+    assert manifest["total_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
+
+
+def test_bundle_figures_match_the_cache(small, bundle):
+    cache_dir, dataset = small
+    out, _, _ = bundle
+    shared = next(iter(list_datasets(out).values()))
+    for method in METHODS:
+        full = load_entry(cache_dir, dataset, method)
+        half = load_entry(out, shared, method)
+        a = evaluation_report(rerank(method, full.db, full.queries), dataset, "original")["mAP"]
+        b = evaluation_report(rerank(method, half.db.astype(np.float32), half.queries.astype(np.float32)),
+                              shared, "original")["mAP"]
+        assert b == pytest.approx(a, abs=1e-3)
+
+
+@pytest.mark.parametrize("damage", ["bytes", "missing", "format"])
+def test_tampered_bundle_is_refused(bundle, damage):
+    out, manifest, _ = bundle
+    name = next(n for n in manifest["files"] if n.endswith("db.npy"))
+    if damage == "bytes":
+        data = bytearray((out / name).read_bytes())
+        data[-1] ^= 0xFF
+        (out / name).write_bytes(bytes(data))
+        match = "contents differ"
+    elif damage == "missing":
+        (out / name).unlink()
+        match = "missing"
+    else:
+        (out / "bundle.json").write_text(json.dumps({**manifest, "format": 99}))
+        match = "format 99"
+    with pytest.raises(BundleError, match=match):
+        verify_bundle(out)
+
+
+def test_missing_entry_is_named(small, tmp_path):
+    cache_dir, dataset = small
+    with pytest.raises(CacheError, match="extract it first"):
+        build_bundle(cache_dir, dataset, [Method(pooling="gem")], tmp_path / "never", layouts=False)
+    assert not (tmp_path / "never").exists()
+
+
+def test_build_failing_midway_leaves_nothing(small, tmp_path):
+    cache_dir, dataset = small
+    dataset.image_path(len(dataset.images) - 1).write_bytes(b"not a jpeg")
+    out = tmp_path / "broken"
+    with pytest.raises(ValueError, match="unreadable image"):
+        build_bundle(cache_dir, dataset, list(METHODS), out, layouts=False)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".broken")]
+
+
+def test_existing_output_is_not_overwritten(bundle, small):
+    cache_dir, dataset = small
+    out, _, _ = bundle
+    with pytest.raises(FileExistsError):
+        build_bundle(cache_dir, dataset, list(METHODS), out, layouts=False)
+
+
+def test_pca_reduction(small, tmp_path):
+    cache_dir, dataset = small
+    out = tmp_path / "pca"
+    build_bundle(cache_dir, dataset, [METHODS[0]], out, reduce="pca:8", layouts=False,
+                 grid_protocols=())
+    entry = load_entry(out, next(iter(list_datasets(out).values())), METHODS[0])
+    assert entry.db.shape == (len(dataset.images), 8)
+    assert np.allclose(np.linalg.norm(entry.db.astype(np.float32), axis=1), 1.0, atol=1e-2)
+    with pytest.raises(ValueError, match="PCA dimension"):
+        build_bundle(cache_dir, dataset, [METHODS[0]], tmp_path / "bad", reduce="pca:1000", layouts=False)
+
+
+def test_study_tables(small):
+    cache_dir, dataset = small
+    methods = [METHODS[0], METHODS[1], METHODS[1].with_rerank("diffusion", k=5)]
+    tables = study_tables(dataset, cache_dir, methods, "original")
+    assert list(tables) == ["Table 1: baseline poolings", "Table 2: R-MAC", "Table 3: R-MAC + diffusion"]
+    entry = load_entry(cache_dir, dataset, methods[2])
+    expected = evaluation_report(rerank(methods[2], entry.db, entry.queries), dataset, "original")
+    row = tables["Table 3: R-MAC + diffusion"][0]
+    assert row["mAP"] == pytest.approx(100 * expected["mAP"], abs=0.01)
+    assert row["seed mAP@10"] == pytest.approx(100 * expected["seed_mAP@10"], abs=0.01)
+    assert row["published mAP"] is None
+    markdown = to_markdown(tables, dataset, "original")
+    assert "## Table 2: R-MAC" in markdown and f"{row['mAP']:.2f}" in markdown
+    assert to_csv(tables).count("\n") == 4
