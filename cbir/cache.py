@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -280,7 +281,7 @@ class PartialRun:
                 return {name: data[name] for name in data.files}
         except FileNotFoundError:
             return None
-        except (ValueError, OSError, EOFError):
+        except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile):
             path.unlink(missing_ok=True)
             return None
 
@@ -300,9 +301,9 @@ class PartialRun:
             pass
 
 
-def _named_ground_truth(ds: Dataset, keep: set[str]) -> list:
+def _named_ground_truth(ds: Dataset, keep: set[str], bad: set[str]) -> list:
     """Ground truth as image names (indices shift when an unreadable image is dropped)."""
-    return [[sorted(ds.images[i] for i in g[part]) for part in sorted(g)]
+    return [[sorted(ds.images[i] for i in g[part] if ds.images[i] not in bad) for part in sorted(g)]
             for gs in ds.gnd.values() for q, g in zip(ds.queries, gs) if q.name in keep]
 
 
@@ -327,6 +328,6 @@ def cached_dataset(cache_root: Path, listed: Dataset) -> Dataset | None:
             continue
         keep = {q[0] for q in queries}
         if list(ds.gnd) == list(listed.gnd) and \
-                _named_ground_truth(ds, keep) == _named_ground_truth(listed, keep):
+                _named_ground_truth(ds, keep, bad) == _named_ground_truth(listed, keep, bad):
             return ds
     return None

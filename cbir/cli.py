@@ -70,6 +70,7 @@ def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
                    help="storage type of newly extracted descriptors")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
 
 
 def methods_from_args(args, poolings: list[str]) -> list:
@@ -102,7 +103,7 @@ def tqdm_progress():
 
 def extraction_options(args) -> dict:
     return {"progress": tqdm_progress(), "device": args.device, "workers": args.workers,
-            "dtype": args.dtype, "weights_file": args.weights_file}
+            "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file}
 
 
 # --- extract -------------------------------------------------------------------

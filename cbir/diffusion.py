@@ -14,7 +14,14 @@ The semantics are those of REFERENCE.md, "Diffusion":
   the same `f` and, once converged, the same ranking;
 - the ranking sorts the database by `f` descending; items with `f <= 0` (not
   reachable from the query's neighbours, or numerically zero: the exact `f` is
-  never negative) follow, in the order of their initial similarity.
+  never negative) follow, in the order of their initial similarity;
+- truncation (large databases): each query diffuses only over its top N items of
+  the initial ranking, on the re-normalised sub-graph of `A`; the rest follow in
+  initial order.
+
+`DiffusionRanker` builds the graph once per (database, k, gamma) and keeps CG's
+Krylov (Lanczos) basis per query batch, which does not depend on alpha, so an
+alpha change re-solves in milliseconds (see `bench/diffusion.py`).
 
 Only numpy and scipy are used, so the dashboard can import this module cheaply.
 """
@@ -279,20 +286,19 @@ class KrylovBasis:
 
     CG on `(I - alpha S) f = y` searches exactly these spaces, whatever alpha, so
     one basis serves every alpha: after an alpha change only a tridiagonal system
-    per column is solved (`krylov_solve`). `V[j]` (n, m) is the j-th basis vector
-    of every column, `diagonal[j]` and `offdiagonal[j]` (m,) the Lanczos
-    tridiagonal T; `y_norm` (m,) the norms of Y's columns. Memory: steps x n x m doubles.
+    per column is solved (`krylov_solve`). Column q has `lengths[q]` vectors:
+    step j holds `V[j]` (n, len(columns[j])) for the columns `columns[j]` still
+    growing, and `diagonal[j]`, `offdiagonal[j]` (m,) the Lanczos tridiagonal T
+    (meaningful for j < lengths). Memory: sum(lengths) x n doubles.
     """
-    V: np.ndarray
+    V: list
+    columns: list
     diagonal: np.ndarray
     offdiagonal: np.ndarray
+    lengths: np.ndarray
     y_norm: np.ndarray
     alpha: float
     tol: float
-
-    @property
-    def steps(self) -> int:
-        return self.V.shape[0]
 
 
 def _galerkin_last(diagonal, offdiagonal, y_norm, alpha):
@@ -302,8 +308,8 @@ def _galerkin_last(diagonal, offdiagonal, y_norm, alpha):
     so no pivoting), one step at a time; returns (pivots u, eliminated rhs z, last entries).
     """
     steps, m = diagonal.shape
-    u = np.empty((steps, m))
-    z = np.empty((steps, m))
+    u = np.ones((steps, m))
+    z = np.zeros((steps, m))
     u[0] = 1.0 - alpha * diagonal[0]
     z[0] = y_norm
     for j in range(1, steps):
@@ -318,31 +324,47 @@ def lanczos_basis(S: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, tol: float
     """Run Lanczos on every column of Y at once until CG at `alpha` would have converged to `tol`.
 
     The Galerkin solution on the first m vectors is CG's m-th iterate, and its
-    residual norm is `alpha * offdiagonal[m-1] * |c_m|`; the basis stops growing
-    when that is at most `tol |y|` for every column (or the space is exhausted).
+    residual norm is `alpha * offdiagonal[m-1] * |c_m|`; a column stops growing
+    when that is at most `tol |y|` (or its Krylov space is exhausted), so each
+    column keeps only as many vectors as CG would take iterations.
     """
     Y = _check_system(S, Y, alpha)
     n, m = Y.shape
     maxiter = 10 * n if maxiter is None else maxiter
     y_norm = np.sqrt(np.einsum("ij,ij->j", Y, Y))
-    v = np.divide(Y, y_norm, out=np.zeros_like(Y), where=y_norm > 0)
+    lengths = np.zeros(m, np.int64)
+    active = np.flatnonzero(y_norm > 0)
+    v = Y[:, active] / y_norm[active]
     v_prev = np.zeros_like(v)
-    beta = np.zeros(m)
-    basis, diagonal, offdiagonal = [], [], []
+    beta = np.zeros(active.size)
+    basis, columns, diagonal, offdiagonal = [], [], [], []
+    u = z = None
     for _ in range(maxiter):
+        if active.size == 0:
+            break
         w = S @ v
         a = np.einsum("ij,ij->j", w, v)
         w -= a * v + beta * v_prev
         beta = np.sqrt(np.einsum("ij,ij->j", w, w))
         beta[beta <= 1e-12] = 0.0  # invariant subspace reached: the Galerkin solution is exact
         basis.append(v)
-        diagonal.append(a)
-        offdiagonal.append(beta.copy())
-        v_prev, v = v, np.divide(w, beta, out=np.zeros_like(w), where=beta > 0)
-        *_, last = _galerkin_last(np.array(diagonal), np.array(offdiagonal), y_norm, alpha)
-        if np.all(alpha * beta * np.abs(last[-1]) <= tol * y_norm):
-            break
-    return KrylovBasis(np.array(basis), np.array(diagonal), np.array(offdiagonal), y_norm, alpha, tol)
+        columns.append(active)
+        lengths[active] += 1
+        diagonal.append(np.zeros(m))
+        offdiagonal.append(np.zeros(m))
+        diagonal[-1][active], offdiagonal[-1][active] = a, beta
+        # One more step of the forward elimination in `_galerkin_last`, for the growing columns.
+        if u is None:
+            u, z = 1.0 - alpha * a, y_norm[active]
+        else:
+            coupling = -alpha * offdiagonal[-2][active]
+            u, z = 1.0 - alpha * a - coupling ** 2 / u, -coupling * z / u
+        growing = alpha * beta * np.abs(z / u) > tol * y_norm[active]
+        next_v = w[:, growing] / beta[growing]
+        v_prev, v = v[:, growing], next_v
+        active, beta, u, z = active[growing], beta[growing], u[growing], z[growing]
+    return KrylovBasis(basis, columns, np.array(diagonal).reshape(-1, m), np.array(offdiagonal).reshape(-1, m),
+                       lengths, y_norm, alpha, tol)
 
 
 def krylov_solve(S: sp.spmatrix, Y: np.ndarray, basis: KrylovBasis, alpha: float = 0.99,
@@ -356,21 +378,23 @@ def krylov_solve(S: sp.spmatrix, Y: np.ndarray, basis: KrylovBasis, alpha: float
     Returns `(F, iterations per column)`.
     """
     Y = _check_system(S, Y, alpha)
-    if Y.shape[1] != basis.y_norm.size or Y.shape[0] != basis.V.shape[1]:
-        raise ValueError(f"the Krylov basis was built for {basis.V.shape[1:]} right-hand sides, got {Y.shape}")
-    u, z, last = _galerkin_last(basis.diagonal, basis.offdiagonal, basis.y_norm, alpha)
-    done = alpha * basis.offdiagonal * np.abs(last) <= tol * basis.y_norm
-    iterations = np.where(done.any(axis=0), done.argmax(axis=0) + 1, basis.steps)
-    coeffs = np.zeros_like(z)
-    for j in range(basis.steps - 1, -1, -1):
-        is_last = iterations == j + 1
-        inside = iterations > j + 1
-        coupling = -alpha * basis.offdiagonal[j]
-        following = coeffs[j + 1] if j + 1 < basis.steps else 0.0
-        coeffs[j] = np.where(is_last, z[j] / u[j], np.where(inside, (z[j] - coupling * following) / u[j], 0.0))
+    if Y.shape[1] != basis.y_norm.size or Y.shape[0] != S.shape[0]:
+        raise ValueError(f"the Krylov basis was built for {basis.y_norm.size} right-hand sides, got {Y.shape}")
+    steps = basis.diagonal.shape[0]
+    iterations = np.zeros(Y.shape[1], np.int64)
     F = np.zeros(Y.shape)
-    for j in range(int(iterations.max(initial=0))):
-        F += basis.V[j] * coeffs[j]
+    if steps:
+        u, z, last = _galerkin_last(basis.diagonal, basis.offdiagonal, basis.y_norm, alpha)
+        stored = np.arange(steps)[:, None] < basis.lengths[None, :]
+        done = stored & (alpha * basis.offdiagonal * np.abs(last) <= tol * basis.y_norm)
+        iterations = np.where(done.any(axis=0), done.argmax(axis=0) + 1, basis.lengths)
+        coeffs = np.zeros_like(z)
+        for j in range(steps - 1, -1, -1):
+            following = coeffs[j + 1] if j + 1 < steps else 0.0
+            inner = (z[j] + alpha * basis.offdiagonal[j] * following) / u[j]
+            coeffs[j] = np.where(iterations == j + 1, z[j] / u[j], np.where(iterations > j + 1, inner, 0.0))
+        for V, columns, c in zip(basis.V, basis.columns, coeffs):
+            F[:, columns] += V * c[columns]
     residual = Y - (F - alpha * (S @ F))
     off = np.einsum("ij,ij->j", residual, residual) > (tol ** 2) * np.einsum("ij,ij->j", Y, Y)
     if off.any():

@@ -68,8 +68,11 @@ def explain_no_data() -> None:
 The **Toy manifolds** page works without any data.""")
 
 
-def open_page(title: str, needs_data: bool = True) -> View | None:
-    """Page config, title and sidebar; None (page stopped if `needs_data`) when the cache is empty."""
+def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = True) -> View | None:
+    """Page config, title and sidebar; None (page stopped if `needs_data`) when the cache is empty.
+
+    `diffusion_caption=False` for the page whose own sliders show (and change) those values.
+    """
     st.set_page_config(page_title=f"{title} - cbir", layout="wide")
     st.title(title)
     found = loaders.datasets()
@@ -90,11 +93,14 @@ def open_page(title: str, needs_data: bool = True) -> View | None:
         if not options:
             st.warning(f"No descriptors for {key} in {state.cache_root()}: extract some on the "
                        "Data and descriptors page.")
-        default = list(options)[:1] + [i for i in options if i.endswith("+diffusion")][:1]
+        plain = [i for i, m in options.items() if m.rerank == "none"]
+        first = next((i for i in plain if options[i].pooling == "rmac"), plain[0] if plain else None)
+        default = [first, f"{first}+diffusion"] if first else []
         chosen = state.multiselect("Methods", "methods", list(options), what="method", default=default,
                                    max_selections=MAX_METHODS, format_func=lambda i: options[i].label())
-        st.caption("Diffusion: " + ", ".join(f"{k}={v:g}" for k, v in params.items())
-                   + " (sliders on the Diffusion lab)")
+        if diffusion_caption:
+            st.caption("Diffusion: " + ", ".join(f"{k}={v:g}" for k, v in params.items())
+                       + " (sliders on the Diffusion lab)")
         for name, value in params.items():
             state.publish(name, value)
     if dataset.partial:

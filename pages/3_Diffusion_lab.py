@@ -6,7 +6,7 @@ import streamlit as st
 from cbir.cache import CacheError
 from dashboard import gallery, loaders, sidebar, state
 
-view = sidebar.open_page("Diffusion lab")
+view = sidebar.open_page("Diffusion lab", diffusion_caption=False)
 dataset = view.dataset
 q = sidebar.query_select(view)
 base = view.methods[0].with_rerank("none")

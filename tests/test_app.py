@@ -111,6 +111,21 @@ def test_overview_shows_published_numbers_where_the_method_matches(site):
     assert set(published["mAP"]) >= {68.7, 74.4, 86.0}
 
 
+def test_a_damaged_cache_entry_is_reported_not_used(site):
+    from cbir.cache import entry_dir, dataset_key
+    _, cache_dir, dataset = site
+    db = entry_dir(cache_dir, dataset_key(dataset), METHODS[0]) / "db.npy"
+    db.write_bytes(db.read_bytes()[:-64])
+    at = app()
+    no_exception(at)
+    assert any(str(db) in e.value and "checksum mismatch" in e.value for e in at.error)
+    assert set(at.dataframe[0].value["pooling"]) == {"rmac"}
+    at = app(PAGES[0], methods=[METHODS[0].slug(), METHODS[1].slug()])
+    no_exception(at)
+    assert any("checksum mismatch" in e.value for e in at.error)
+    assert len(gallery_captions(at)) == 10  # the intact method's gallery still shows
+
+
 def test_explorer_gallery_shows_the_ranking_with_relevance_frames(site):
     _, cache_dir, dataset = site
     query = dataset.queries[3]
@@ -145,7 +160,7 @@ def test_diffusion_lab_slider_changes_the_map_shown(site):
     at.slider(key="w_alpha").set_value(0.6).run()
     no_exception(at)
     assert at.metric[0].value != shown
-    entry = load_entry(cache_dir, dataset, METHODS[0])
+    entry = load_entry(cache_dir, dataset, METHODS[1])  # R-MAC: the default first method
     ranks = DiffusionRanker(entry.db, k=len(dataset.images) - 1, gamma=3.0).rank(entry.queries, alpha=0.6, kq=10)
     assert at.metric[0].value == f"{100 * evaluation_report(ranks, dataset, 'original')['mAP']:.2f}"
     assert url(at, "alpha") == ["0.6"]
