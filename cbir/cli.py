@@ -1,4 +1,4 @@
-"""`python -m cbir`: download, info, extract, evaluate.
+"""`python -m cbir`: download, info, extract, evaluate, bundle, report.
 
 Each sub-command is a thin wrapper over library functions; JSON goes to stdout,
 progress and warnings to stderr. Errors the user can fix exit with status 2 and a
@@ -118,7 +118,13 @@ def cmd_extract(args) -> int:
     for bad in dataset.unreadable:
         print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
     options = extraction_options(args)
-    entries = extract(dataset, methods_from_args(args, args.pooling), cache, options.pop("progress"), **options)
+    try:
+        entries = extract(dataset, methods_from_args(args, args.pooling), cache, options.pop("progress"),
+                          **options)
+    except KeyboardInterrupt:
+        print("\ninterrupted: completed chunks are kept in the cache; run the same command to resume",
+              file=sys.stderr)
+        return 130
     print_json({"dataset": dataset.name, "status": dataset.status_line(),
                 "skipped": dataset.unreadable, "entries": [
                     {"method": m.label(), "path": str(e.path), "n_images": int(e.db.shape[0]),
@@ -151,6 +157,9 @@ def cmd_evaluate(args) -> int:
     dataset = load_dataset_fast(args.dataset, args.root, cache)
     protocol = args.protocol or next((p for p in ("original", "medium") if p in dataset.gnd),
                                      next(iter(dataset.gnd)))
+    if protocol not in dataset.gnd:
+        raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
+                         f"available: {', '.join(dataset.gnd)}")
     (method,) = methods_from_args(args, [args.pooling])
     method = method.with_rerank(args.rerank, alpha=args.alpha, k=args.k, kq=args.kq, gamma=args.gamma,
                                 qe_n=args.qe_n)
@@ -161,6 +170,76 @@ def cmd_evaluate(args) -> int:
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"),
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
+    return 0
+
+
+# --- bundle and report ----------------------------------------------------------
+
+def cached_dataset_by(cache: Path, name: str):
+    """The one dataset of this name in the cache (the key when several copies are cached)."""
+    from .cache import list_datasets
+
+    found = list_datasets(cache)
+    matches = {k: d for k, d in found.items() if name in (k, d.name)}
+    if len(matches) != 1:
+        options = ", ".join(found) or "none"
+        raise ValueError(f"{cache}: {len(matches)} cached datasets match {name!r} "
+                         f"(cached: {options}); name one by its key")
+    return next(iter(matches.values()))
+
+
+def cached_methods(cache: Path, dataset, slugs: list[str] | None) -> list:
+    """Cached descriptor methods of `dataset`, all or those whose slug is listed."""
+    from .cache import dataset_key, list_entries
+
+    available = {m.slug(): m for m in list_entries(cache, dataset_key(dataset))}
+    if not slugs:
+        return list(available.values())
+    unknown = [s for s in slugs if s not in available]
+    if unknown:
+        raise ValueError(f"not in the cache for {dataset_key(dataset)}: {', '.join(unknown)}; "
+                         f"cached: {', '.join(available) or 'none'}")
+    return [available[s] for s in slugs]
+
+
+def cmd_bundle(args) -> int:
+    from .bundle import build_bundle
+
+    cache = args.cache or default_cache_dir()
+    dataset = cached_dataset_by(cache, args.dataset)
+    methods = cached_methods(cache, dataset, args.methods)
+    manifest = build_bundle(cache, dataset, methods, args.out, reduce=args.reduce,
+                            thumb_size=args.thumb_size, layouts=not args.no_layouts,
+                            progress=tqdm_progress())
+    largest = max(manifest["files"].items(), key=lambda item: item[1]["bytes"])
+    print_json({"bundle": str(args.out), "files": len(manifest["files"]),
+                "total_bytes": manifest["total_bytes"],
+                "total_mib": round(manifest["total_bytes"] / 2**20, 1),
+                "largest_file": {"path": largest[0], "bytes": largest[1]["bytes"]},
+                "methods": [m["backbone"] + "-" + m["pooling"] for m in manifest["methods"]]})
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import study_tables, to_csv, to_markdown
+
+    cache = args.cache or default_cache_dir()
+    dataset = cached_dataset_by(cache, args.dataset)
+    protocol = args.protocol or next(iter(dataset.gnd))
+    methods = []
+    for method in cached_methods(cache, dataset, args.methods):
+        methods.append(method)
+        if method.pooling == "rmac":
+            methods.append(method.with_rerank("diffusion", alpha=args.alpha, k=args.k, kq=args.kq,
+                                              gamma=args.gamma))
+    tables = study_tables(dataset, cache, methods, protocol)
+    markdown = to_markdown(tables, dataset, protocol)
+    if args.out:
+        from .cache import atomic_write_text
+
+        atomic_write_text(args.out.with_suffix(".md"), markdown)
+        atomic_write_text(args.out.with_suffix(".csv"), to_csv(tables))
+    print(markdown)
     return 0
 
 
@@ -197,6 +276,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gamma", type=float, default=3.0, help="diffusion similarity exponent")
     p.add_argument("--qe-n", type=int, default=10, help="query expansion neighbours")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids and layouts for sharing")
+    p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")
+    p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
+    p.add_argument("--out", required=True, type=Path, help="new folder for the bundle")
+    p.add_argument("--reduce", default="float16", help="float16 (default) or pca:DIM")
+    p.add_argument("--thumb-size", type=int, default=256, help="thumbnail max side in px")
+    p.add_argument("--no-layouts", action="store_true", help="skip the UMAP layouts (minutes each)")
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
+    p.set_defaults(func=cmd_bundle)
+
+    p = sub.add_parser("report", help="the seed study's three tables for the cached methods (Markdown, CSV)")
+    p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")
+    p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
+    p.add_argument("--protocol", default=None, help="default: the dataset's first protocol")
+    p.add_argument("--out", type=Path, help="also write OUT.md and OUT.csv")
+    p.add_argument("--alpha", type=float, default=0.99, help="diffusion alpha for table 3")
+    p.add_argument("--k", type=int, default=50, help="diffusion graph neighbours for table 3")
+    p.add_argument("--kq", type=int, default=10)
+    p.add_argument("--gamma", type=float, default=3.0)
+    p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

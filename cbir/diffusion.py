@@ -37,6 +37,7 @@ import scipy.sparse as sp
 
 SOLVERS = ("cg", "iteration", "scipy-cg")
 RANKER_SOLVERS = ("krylov",) + SOLVERS
+BASIS_ALPHA = 0.99  # one basis built for this alpha normally serves the whole slider range below it
 
 
 def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
@@ -280,7 +281,7 @@ def scipy_conjugate_gradient(S: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99,
     return F, iterations
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class KrylovBasis:
     """Lanczos bases of the Krylov spaces `span(y, S y, S^2 y, ...)` of each column of Y.
 
@@ -423,6 +424,8 @@ def truncated_subgraphs(A: sp.spmatrix, sims: np.ndarray, n_top: int) -> list[tu
     """Per query: its top `n_top` items of the initial ranking (sorted indices) and their re-normalised sub-graph `S`.
 
     They do not depend on alpha, so a caller that re-solves for several alphas keeps them.
+    A query's y lives on its top kq items, inside the sub-graph when kq <= n_top
+    (with kq > n_top the entries outside are dropped).
     """
     sims = np.asarray(sims)
     if n_top < 1:
@@ -439,40 +442,31 @@ def truncated_subgraphs(A: sp.spmatrix, sims: np.ndarray, n_top: int) -> list[tu
     return subgraphs
 
 
-def diffuse_truncated(A: sp.spmatrix, Y: np.ndarray, sims: np.ndarray, n_top: int, alpha: float = 0.99,
-                      solver: str = "cg", tol: float = 1e-6, maxiter: int | None = None,
-                      subgraphs: list[tuple[np.ndarray, sp.csr_matrix]] | None = None) -> np.ndarray:
-    """Diffusion restricted, per query, to its top `n_top` items of the initial ranking.
-
-    The sub-graph of `A` on those items is re-normalised and solved on its own;
-    F is zero outside it, so `ranking_from_scores` puts the rest after, in
-    initial order. `sims` (n_q, n_db) are the initial similarities. `Y` should
-    come from the same similarities with kq <= n_top, so y lies inside the sub-graph.
-    `subgraphs` = `truncated_subgraphs(A, sims, n_top)` when the caller has them.
-    """
-    Y = _check_system(A, Y, alpha)
-    if np.shape(sims) != (Y.shape[1], Y.shape[0]):
-        raise ValueError(f"sims must have shape (n_q, n_db) = {(Y.shape[1], Y.shape[0])}, got {np.shape(sims)}")
-    if subgraphs is None:
-        subgraphs = truncated_subgraphs(A, sims, n_top)
-    F = np.zeros_like(Y)
-    for q, (items, S_sub) in enumerate(subgraphs):
-        F[items, q] = diffuse(S_sub, Y[items, q], alpha, solver, tol, maxiter)[:, 0]
-    return F
-
-
-def ranking_from_scores(F: np.ndarray, sims: np.ndarray, initial: np.ndarray | None = None) -> np.ndarray:
+def ranking_from_scores(F: np.ndarray, sims: np.ndarray, initial: np.ndarray | None = None,
+                        head: int | None = None) -> np.ndarray:
     """Ranks (n_q, n_db): by diffusion score F (n_db, n_q) descending, then by initial similarity.
 
     Scores `<= 0` count as zero, so unreached items keep their initial order after
     the reached ones; ties in F also fall back on the initial order. `initial`
-    is `argsort(-sims)` when the caller already has it.
+    is `argsort(-sims)` when the caller already has it; `head` = N says that only
+    the first N items of the initial order can have positive scores (truncation),
+    which spares sorting the rest.
     """
     if initial is None:
         initial = np.argsort(-np.asarray(sims), axis=1, kind="stable")
-    scores = np.take_along_axis(np.maximum(np.asarray(F).T, 0.0), initial, axis=1)
-    order = np.argsort(-scores, axis=1, kind="stable")
-    return np.take_along_axis(initial, order, axis=1)
+    F = np.asarray(F)
+    if head is None:
+        scores = np.take_along_axis(np.maximum(F.T, 0.0), initial, axis=1)
+        # Only the prefix of the initial order up to the last reached item can move.
+        reached = scores > 0
+        head = int((reached.shape[1] - np.argmax(reached[:, ::-1], axis=1))[reached.any(axis=1)].max(initial=0))
+        scores = scores[:, :head]
+    else:
+        head = min(head, initial.shape[1])
+        scores = np.maximum(np.take_along_axis(F.T, initial[:, :head], axis=1), 0.0)
+    ranks = initial.copy()
+    ranks[:, :head] = np.take_along_axis(initial[:, :head], np.argsort(-scores, axis=1, kind="stable"), axis=1)
+    return ranks
 
 
 class DiffusionRanker:
@@ -484,7 +478,8 @@ class DiffusionRanker:
     keeps the similarities, the initial order and the Lanczos basis of the
     default solver `krylov` (CG's iterates, which do not depend on alpha), so an
     alpha change costs one small tridiagonal solve per query, one check product
-    by S and the final sort. With truncation, the per-query sub-graphs are kept instead. Share an instance read-only: only that one-entry
+    by S and the final sort. With truncation, the per-query sub-graphs and their
+    bases are kept instead. Share an instance read-only: only that one-entry
     query cache changes after construction.
     """
 
@@ -511,7 +506,7 @@ class DiffusionRanker:
         if batch is None or batch["key"] != key:
             sims = self._similarities(queries)
             batch = {"key": key, "sims": sims, "initial": np.argsort(-sims, axis=1, kind="stable"),
-                     "Y": vectors_from_similarities(sims, kq, self.gamma), "basis": None, "subgraphs": {}}
+                     "Y": vectors_from_similarities(sims, kq, self.gamma), "basis": None, "truncated": {}}
             self._batch = batch
         return batch
 
@@ -531,30 +526,48 @@ class DiffusionRanker:
 
         Solvers: `krylov` (cached Lanczos basis, CG's result), `cg`, `iteration`,
         `scipy-cg` (see `solve`). Truncation solves each query's own sub-graph
-        with `solver` (`krylov` means `cg` there) and reports no iteration counts.
+        with `solver`; F is zero outside it, so those items follow in initial order.
         """
         if solver not in RANKER_SOLVERS:
             raise ValueError(f"unknown solver {solver!r}; choose one of {RANKER_SOLVERS}")
         batch = self._query_batch(queries, kq)
         if truncate is not None:
-            subgraphs = batch["subgraphs"].get(truncate)
-            if subgraphs is None:
-                subgraphs = truncated_subgraphs(self.A, batch["sims"], truncate)
-                batch["subgraphs"] = {truncate: subgraphs}
-            F = diffuse_truncated(self.A, batch["Y"], batch["sims"], truncate, alpha,
-                                  "cg" if solver == "krylov" else solver, tol, maxiter, subgraphs)
-            return F, np.zeros(F.shape[1], np.int64)
+            return self._truncated_scores(batch, alpha, solver, tol, maxiter, truncate)
         if solver != "krylov":
             return solve(self.S, batch["Y"], alpha, solver, tol, maxiter)
         basis = batch["basis"]
         if basis is None or basis.alpha < alpha or basis.tol > tol:
-            basis = lanczos_basis(self.S, batch["Y"], max(alpha, 0.99), tol, maxiter)
+            basis = lanczos_basis(self.S, batch["Y"], max(alpha, BASIS_ALPHA), tol, maxiter)
             batch["basis"] = basis
         return krylov_solve(self.S, batch["Y"], basis, alpha, tol)
+
+    def _truncated_scores(self, batch: dict, alpha: float, solver: str, tol: float, maxiter: int | None,
+                          truncate: int) -> tuple[np.ndarray, np.ndarray]:
+        """Per-query sub-graph diffusion; sub-graphs (and with `krylov`, their bases) kept for the batch."""
+        cached = batch["truncated"].get(truncate)
+        if cached is None:
+            subgraphs = truncated_subgraphs(self.A, batch["sims"], truncate)
+            cached = {"subgraphs": subgraphs, "bases": [None] * len(subgraphs)}
+            batch["truncated"] = {truncate: cached}
+        Y = batch["Y"]
+        F = np.zeros_like(Y)
+        iterations = np.zeros(Y.shape[1], np.int64)
+        for q, (items, S_sub) in enumerate(cached["subgraphs"]):
+            y = Y[items, q:q + 1]
+            if solver == "krylov":
+                basis = cached["bases"][q]
+                if basis is None or basis.alpha < alpha or basis.tol > tol:
+                    basis = lanczos_basis(S_sub, y, max(alpha, BASIS_ALPHA), tol, maxiter)
+                    cached["bases"][q] = basis
+                f, iterations[q:q + 1] = krylov_solve(S_sub, y, basis, alpha, tol)
+            else:
+                f, iterations[q:q + 1] = solve(S_sub, y, alpha, solver, tol, maxiter)
+            F[items, q] = f[:, 0]
+        return F, iterations
 
     def rank(self, queries: np.ndarray, alpha: float = 0.99, kq: int = 10, solver: str = "krylov",
              tol: float = 1e-6, maxiter: int | None = None, truncate: int | None = None) -> np.ndarray:
         """Full rankings (n_q, n_db) after diffusion (ties and unreached items: initial order)."""
         F, _ = self.scores(queries, alpha, kq, solver, tol, maxiter, truncate)
         batch = self._query_batch(queries, kq)
-        return ranking_from_scores(F, batch["sims"], batch["initial"])
+        return ranking_from_scores(F, batch["sims"], batch["initial"], truncate)

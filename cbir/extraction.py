@@ -45,9 +45,10 @@ WHITENING_POWER = {"pca": 0.5, "pca-partial": 0.25}
 DTYPES = ("float32", "float16")
 RESIZE_NOTE = "longer side scaled down to the method size (never up), aspect kept, no centre crop, LANCZOS"
 QUERY_NOTE = "query cropped to its box; the crop scaled by its full image's factor"
-INHERITED = ("versions", "weights_sha256", "weights_source", "weights_file", "backbone", "image_size", "resize", "query_crop",
-             "device", "precision", "extraction_seconds", "skipped_images", "missing_images",
-             "n_images_total", "n_queries_total")
+# Provenance a post-hoc whitened entry copies from the un-whitened entry it is derived from.
+INHERITED = ("versions", "weights_sha256", "weights_source", "weights_file", "backbone", "image_size",
+             "images_per_second", "resize", "query_crop", "device", "precision", "extraction_seconds",
+             "skipped_images", "missing_images", "n_images_total", "n_queries_total")
 
 
 class ExtractionCancelled(RuntimeError):
@@ -98,26 +99,39 @@ def load_image(path, size: int, bbox=None):
                       box=(box[0] * fx, box[1] * fy, box[2] * fx, box[3] * fy))
 
 
-def image_tensor(image, mean, std):
-    """(3, h, w) float32, normalised with the backbone's mean/std; channels-last in memory.
+def pixels(image):
+    """(3, h, w) uint8 tensor over a copy of the image's (h, w, 3) pixels: channels-last in memory."""
+    import torch
 
-    In-place torch ops on the pixels' own (h, w, 3) layout: a few ms for a 1024 px
-    image where float numpy temporaries took ten times longer in the decoding worker.
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1)
+
+
+def normalise(x, mean, std):
+    """uint8 pixels -> float32 normalised with the backbone's mean/std, memory format kept.
+
+    In-place torch ops: a few ms for a 1024 px image, where float numpy temporaries
+    took ten times longer. Extraction runs this in the model's process (on its device)
+    so the decoding worker only decodes and ships 1 byte per value, not 4.
     """
     import torch
 
-    x = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).float()
-    offset = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1) * 255
-    scale = 1 / (torch.tensor(std, dtype=torch.float32).view(3, 1, 1) * 255)
-    return x.sub_(offset).mul_(scale)
+    shape = (3, 1, 1) if x.dim() == 3 else (1, 3, 1, 1)
+    offset = torch.tensor(mean, dtype=torch.float32, device=x.device).view(shape) * 255
+    scale = 1 / (torch.tensor(std, dtype=torch.float32, device=x.device).view(shape) * 255)
+    return x.float().sub_(offset).mul_(scale)
+
+
+def image_tensor(image, mean, std):
+    """(3, h, w) float32 the model sees for `image`, normalised with the backbone's mean/std."""
+    return normalise(pixels(image), mean, std)
 
 
 class PassItems:
-    """Database images then queries of one pass, decoded and resized in DataLoader workers."""
+    """Database images then queries of one pass, decoded and resized by the DataLoader
+    (in worker processes, or in line: see `default_workers`)."""
 
-    def __init__(self, items: list[tuple[str, tuple | None]], order: list[int], size: int, mean, std):
+    def __init__(self, items: list[tuple[str, tuple | None]], order: list[int], size: int):
         self.items, self.order, self.size = items, order, size
-        self.mean, self.std = tuple(mean), tuple(std)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -126,15 +140,21 @@ class PassItems:
         index = self.order[i]
         path, bbox = self.items[index]
         try:
-            return index, image_tensor(load_image(path, self.size, bbox), self.mean, self.std), ""
+            return index, pixels(load_image(path, self.size, bbox)), ""
         except ValueError as exc:
             return index, None, str(exc)
 
 
 def _init_worker(_worker_id: int) -> None:
+    """Decoding needs ~10% of a core: one thread, and a lower priority, so the model's
+    threads keep their cores and decoding fills the gaps (prefetching hides the wait)."""
     import torch
 
     torch.set_num_threads(1)
+    try:
+        os.nice(10)
+    except (AttributeError, OSError):
+        pass
 
 
 def cpu_count() -> int:
@@ -144,9 +164,24 @@ def cpu_count() -> int:
         return os.cpu_count() or 1
 
 
-def default_workers() -> int:
-    """One decoding process per spare core: on 2 cores one worker prefetches while the model runs."""
-    return max(1, min(8, cpu_count() - 1))
+def default_workers(device_type: str = "cpu") -> int:
+    """Decoding processes: enough to feed a GPU; on a CPU only cores the model does not use.
+
+    Decoding and resizing a 1024 px JPEG costs ~15 ms against ~150 ms of forward on 2
+    cores. A worker process there competes with the model's two threads (a thread it
+    preempts stalls the other at the next barrier): end to end 0.78-0.85 of the bare
+    forward, against 0.95 decoding in line (bench/extract.py). So on up to 2 cores
+    decoding stays in the main process; beyond, a quarter of the cores decode.
+    """
+    cores = cpu_count()
+    if device_type == "cuda":
+        return max(1, min(8, cores - 1))
+    return 0 if cores <= 2 else max(1, cores // 4)
+
+
+def default_threads(workers: int, device_type: str = "cpu") -> int:
+    """torch threads: on a CPU the cores the decoding workers leave; with a GPU every core."""
+    return max(1, cpu_count() - (workers if device_type == "cpu" else 0))
 
 
 @contextmanager
@@ -253,7 +288,7 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
 
     if todo:
         loader = torch.utils.data.DataLoader(
-            PassItems(items, todo, heads[0].method.size, backbone.mean, backbone.std),
+            PassItems(items, todo, heads[0].method.size),
             batch_size=None, shuffle=False, num_workers=workers,
             worker_init_fn=_init_worker if workers else None,
             prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
@@ -264,8 +299,8 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
                 if error:
                     raise RuntimeError(f"{error}; it is listed in the dataset, so the dataset changed "
                                        "on disk: reload it (unreadable images are skipped at load time)")
-                x = tensor.unsqueeze(0).to(device, non_blocking=True).contiguous(
-                    memory_format=torch.channels_last)
+                x = normalise(tensor.unsqueeze(0).to(device, non_blocking=True), backbone.mean, backbone.std)
+                x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
                     fmap = backbone.model(x)
                 fmap = fmap.float()
@@ -425,7 +460,7 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
     import torch
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(device.type) if workers is None else workers
     backbone = None
     entries: dict[Method, Entry] = {}
 
@@ -466,7 +501,7 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
         run.remove()
 
     def forward(heads: list[Head], whitenings: dict) -> None:
-        with torch_threads(threads or cpu_count()):
+        with torch_threads(threads or default_threads(workers, device.type)):
             outputs, info, run = _run_pass(dataset, heads, get_backbone(), cache_root, device,
                                            progress=progress, cancel=cancel, workers=workers,
                                            chunk_size=chunk_size)

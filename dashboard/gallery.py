@@ -51,9 +51,12 @@ def placeholder(text: str, size: int = THUMB) -> Image.Image:
 
 @st.cache_resource(max_entries=2048, show_spinner=False)
 def _thumbnail(path: str, size: int, box: tuple | None, original_width: int | None) -> Image.Image:
-    """The image shrunk to `size`, with `box` (in the original's pixels) drawn in query blue."""
+    """The image shrunk to `size`, with `box` (in the original's pixels) drawn in query blue.
+
+    No EXIF rotation: ground-truth boxes refer to the pixels as stored (`cbir.data.open_image`).
+    """
     with Image.open(path) as img:
-        img = ImageOps.exif_transpose(img).convert("RGB")
+        img = img.convert("RGB")
     if box is not None:
         factor = img.width / (original_width or img.width)
         ImageDraw.Draw(img).rectangle([v * factor for v in box], outline=FRAME["query"],

@@ -35,8 +35,29 @@ def _stamp(path: Path) -> int:
         return 0
 
 
+def bundle_manifest() -> dict | None:
+    """The verified manifest when the cache is a bundle (None for a plain cache).
+
+    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle; the check
+    (every file's checksum) runs once per change of bundle.json, not per rerun.
+    """
+    from cbir.bundle import is_bundle
+
+    root = cache_root()
+    if not is_bundle(root):
+        return None
+    return _verified_bundle(str(root), _stamp(root / "bundle.json"))
+
+
+@st.cache_resource(max_entries=2, show_spinner="Verifying the bundle...")
+def _verified_bundle(root: str, stamp: int) -> dict:
+    from cbir.bundle import verify_bundle
+    return verify_bundle(Path(root))
+
+
 def datasets() -> dict[str, Dataset]:
-    """Datasets described in the cache, by dataset key."""
+    """Datasets described in the cache, by dataset key (a bundle only once verified)."""
+    bundle_manifest()
     root = cache_root()
     stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
     return _datasets(str(root), stamp)

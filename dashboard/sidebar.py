@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import streamlit as st
 
+from cbir.bundle import BundleError
 from cbir.data import Dataset
 from cbir.method import Method
 from cbir.study import NOT_COMPARABLE
@@ -75,7 +76,13 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     """
     st.set_page_config(page_title=f"{title} - cbir", layout="wide")
     st.title(title)
-    found = loaders.datasets()
+    try:
+        found = loaders.datasets()
+    except BundleError as exc:
+        st.error(f"Refusing to serve this bundle: {exc}")
+        if needs_data:
+            st.stop()
+        return None
     if not found:
         if needs_data:
             explain_no_data()

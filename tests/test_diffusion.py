@@ -102,6 +102,23 @@ def test_unreached_items_follow_in_initial_order():
     assert ranking_from_scores(F, sims).tolist() == [[3, 1, 4, 0, 2]]
 
 
+def test_ranking_from_scores_matches_a_per_row_lexsort():
+    rng = np.random.default_rng(0)
+    sims = rng.standard_normal((6, 40))
+    F = np.where(rng.random((40, 6)) < 0.7, 0.0, rng.random((40, 6)))
+    F[:, :2] = 0.0  # query 0 reaches nothing: it keeps its initial order
+    F[np.argsort(-sims[1])[:3], 1] = [0.3, 0.1, 0.2]  # reached items only at the head
+    expected = np.array([np.lexsort((-sims[q], -F[:, q])) for q in range(6)])
+    np.testing.assert_array_equal(ranking_from_scores(F, sims), expected)
+    assert ranking_from_scores(F, sims)[1, :3].tolist() == list(np.argsort(-sims[1])[[0, 2, 1]])
+    # `head`: scores only among each query's first N items of the initial order (truncation).
+    initial = np.argsort(-sims, axis=1)
+    truncated = np.zeros_like(F)
+    for q in range(6):
+        truncated[initial[q, :10], q] = F[initial[q, :10], q]
+    np.testing.assert_array_equal(ranking_from_scores(truncated, sims, head=10), ranking_from_scores(truncated, sims))
+
+
 @pytest.mark.parametrize("seed", [0, 1])
 def test_mutual_knn_graph_is_symmetric_and_exactly_mutual(seed):
     X, _ = clustered(n=120, seed=seed)
@@ -213,6 +230,8 @@ def test_alpha_change_reuses_the_truncated_subgraphs(monkeypatch):
     monkeypatch.undo()
     np.testing.assert_array_equal(again, DiffusionRanker(X, k=10).rank(Q, alpha=0.8, truncate=60))
     assert not np.array_equal(first, again)
+    precise = ranker.rank(Q, alpha=0.8, truncate=60, tol=1e-10)
+    np.testing.assert_array_equal(precise, ranker.rank(Q, alpha=0.8, truncate=60, tol=1e-10, solver="cg"))
 
 
 def test_truncation_to_the_whole_database_equals_no_truncation():
