@@ -384,6 +384,26 @@ def whitening_arrays(whitening) -> dict[str, np.ndarray]:
     return {WHITENING_MEAN: whitening.mean, WHITENING_PROJECTION: whitening.projection}
 
 
+def describe_image(path, method: Method, backbone, bbox=None, whitening=None) -> np.ndarray:
+    """(1, D) float32 descriptor of one image file, computed exactly as a cached query is.
+
+    For a query against a whitened entry pass `entry_whitening(entry)`: per region for
+    R-MAC, after pooling otherwise, as the entry's own descriptors were whitened.
+    """
+    import torch
+
+    from .whitening import apply_whitening
+
+    image = load_image(path, method.size, bbox)
+    per_region = whitening if method.pooling == "rmac" else None
+    with torch.inference_mode():
+        fmap = backbone.model(image_tensor(image, backbone.mean, backbone.std)[None])
+        desc = _pool_head(fmap, Head(method, per_region)).float().cpu().numpy()
+    if whitening is not None and per_region is None:
+        desc = apply_whitening(desc, whitening)
+    return desc
+
+
 def entry_whitening(entry: Entry):
     """The `cbir.whitening.Whitening` a whitened entry was computed with (None if un-whitened).
 

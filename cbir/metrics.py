@@ -139,7 +139,7 @@ def seed_ap_at_k(ranks, gnd, k: int | None, remove_junk: bool = True) -> np.ndar
     aps = np.full(len(gnd), np.nan)
     for rows, is_positive, kept_rank, hit, n_pos in _scored_chunks(ranks, gnd):
         counted = is_positive if k is None else is_positive & (kept_rank < int(k))
-        precision = (hit + 1) / (kept_rank + 1.0)
+        precision = (hit + 1) / np.maximum(kept_rank + 1.0, 1.0)  # junk before any kept item: never counted
         total = np.where(counted, precision, 0.0).sum(axis=1)
         gtp = n_pos if k is None else counted.sum(axis=1)
         aps[rows] = np.where(gtp > 0, total / np.maximum(gtp, 1), 0.0)

@@ -36,28 +36,19 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
 
 
-def describe(data: bytes, name: str, box: tuple[int, int, int, int], method) -> np.ndarray:
-    """(1, D) float32 descriptor of the uploaded file cropped to `box` under `method`.
+def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, entry) -> np.ndarray:
+    """(1, D) float32 descriptor of the uploaded file cropped to `box`, comparable with `entry`.
 
-    The bytes go to a temporary file as they came, so decoding and resizing are exactly
-    those of the cached queries. Un-whitened methods only: the whitening is not cached.
+    The bytes go to a temporary file as they came, so decoding, resizing, pooling and
+    whitening are exactly those of the cached queries (`cbir.extraction.describe_image`).
     """
-    if method.whitening != "none":
-        raise ValueError(f"{method.label()}: uploads support un-whitened methods only")
-    import torch
-
-    from cbir.extraction import image_tensor, load_image
-    from cbir.pooling import pool, rmac
+    from cbir.extraction import describe_image, entry_whitening
 
     backbone = _backbone(method.backbone, method.weights)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{Path(name).suffix.lower()}"
         path.write_bytes(data)
-        crop = load_image(path, method.size, box)
-    with torch.inference_mode():
-        fmap = backbone.model(image_tensor(crop, backbone.mean, backbone.std)[None])
-        desc = rmac(fmap) if method.pooling == "rmac" else pool(fmap, method.pooling)
-    return desc.float().numpy()
+        return describe_image(path, method, backbone, box, entry_whitening(entry))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the backbone...")

@@ -76,7 +76,7 @@ else:
                     with st.spinner("Describing the image..."):
                         try:
                             found = loaders.entry(view.key, method)
-                            desc = upload.describe(file.getvalue(), file.name, box, method)
+                            desc = upload.describe(file.getvalue(), file.name, box, method, found)
                             graph = (loaders.ranker(view.key, method, method.k, method.gamma)
                                      if method.rerank == "diffusion" else None)
                             ranking = rerank(method, found.db, desc, ranker=graph)[0]

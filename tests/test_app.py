@@ -4,6 +4,7 @@ from __future__ import annotations
 import io
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -364,18 +365,24 @@ print("HEAVY", heavy)
 
 
 def test_uploaded_image_gets_the_descriptor_the_cache_has_for_it(tmp_path):
-    """An upload of a query's own file, cropped to its box, is described as extraction described it."""
+    """An upload of a query's own file, cropped to its box, is described as extraction described it,
+    whitening included (per region for R-MAC, after pooling for GeM)."""
     from cbir.extraction import extract
     from cbir.method import Method
     from dashboard import upload
     from dashboard_fixture import make_dataset
 
     dataset = make_dataset(tmp_path / "data")
-    method = Method(pooling="rmac", size=64)
-    cached = extract(dataset, [method], tmp_path / "cache", workers=0)[method]
+    methods = [Method(pooling="rmac", size=64), Method(pooling="gem", size=64)]
+    cached = extract(dataset, methods, tmp_path / "cache", workers=0)
+    whitened = [replace(m, whitening="pca-partial") for m in methods]
+    cached.update(extract(dataset, whitened, tmp_path / "cache", workers=0))
+    for plain, white in zip(methods, whitened):
+        a, b = cached[plain].queries, cached[white].queries
+        assert a.shape != b.shape or not np.allclose(a, b, atol=1e-3)
     query = dataset.queries[2]
     data = (Path(dataset.root) / query.path).read_bytes()
-    described = upload.describe(data, query.path, tuple(int(round(v)) for v in query.bbox), method)
-    np.testing.assert_allclose(described[0], cached.queries[2], atol=1e-5)
-    with pytest.raises(ValueError, match="un-whitened methods only"):
-        upload.describe(data, query.path, (0, 0, 10, 10), Method(whitening="pca", whiten_on="x"))
+    box = tuple(int(round(v)) for v in query.bbox)
+    for method in methods + whitened:
+        described = upload.describe(data, query.path, box, method, cached[method])
+        np.testing.assert_allclose(described[0], cached[method].queries[2], atol=1e-5)

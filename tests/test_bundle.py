@@ -1,5 +1,6 @@
 """Bundles: complete, checksummed, refused when tampered; the study report from the cache."""
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,8 @@ from cbir.report import study_tables, to_csv, to_markdown
 from cbir.rerank import rerank
 
 from dashboard_fixture import METHODS, build
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -128,3 +131,49 @@ def test_study_tables(small):
     markdown = to_markdown(tables, dataset, "original")
     assert "## Table 2: R-MAC" in markdown and f"{row['mAP']:.2f}" in markdown
     assert to_csv(tables).count("\n") == 4
+
+
+def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cache, tmp_path, monkeypatch):
+    """Issue: a bundle of Paris6k-250 (tf_efficientnet_lite0) renders every page with the images deleted."""
+    import shutil
+    from dataclasses import replace
+
+    from PIL import Image
+    from streamlit.testing.v1 import AppTest
+
+    from dashboard import gallery
+
+    dataset, cache = paris250_lite0_cache
+    copy = tmp_path / "paris6k-250"
+    shutil.copytree(dataset.root, copy)
+    local = replace(dataset, root=str(copy))
+    methods = list_entries_of(cache, dataset)
+    out = tmp_path / "bundle"
+    manifest = build_bundle(cache, local, methods, out)
+    assert manifest["total_bytes"] < 100 * 2**20
+    shutil.rmtree(copy)
+
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(out))
+    monkeypatch.setenv("CBIR_DATA_DIR", str(tmp_path / "no-data"))
+    monkeypatch.chdir(REPO)
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe[0].value
+    assert set(table["pooling"]) == {"mac", "spoc", "gem", "rmac"}
+    assert table.loc[table["pooling"] == "rmac", "mAP"].max() >= 87.0
+    for page in sorted(REPO.glob("pages/*.py")):
+        at.switch_page(str(page.relative_to(REPO))).run()
+        assert not at.exception, (page.name, [e.value for e in at.exception])
+        assert not at.error, (page.name, [e.value for e in at.error])
+
+    shared = next(iter(list_datasets(out).values()))
+    key = next(iter(list_datasets(out)))
+    for i in (0, 100, 249):
+        thumb = gallery.thumbnail(shared, key, shared.paths[i], shared.images[i])
+        assert np.asarray(thumb).std() > 20, "a placeholder instead of the bundled thumbnail"
+    assert isinstance(thumb, Image.Image)
+
+
+def list_entries_of(cache, dataset):
+    from cbir.cache import dataset_key, list_entries
+    return list_entries(cache, dataset_key(dataset))
