@@ -1,7 +1,7 @@
 """Dashboard speed on Paris6k-250: diffusion-lab slider changes (target < 300 ms of script
 time) and a cold start of the overview (target < 5 s).
 
-    python bench/dashboard.py [--cache DIR] [--browser]
+    python -m bench.dashboard [--cache DIR] [--browser]
 
 The cache is DIR, else $CBIR_CACHE_DIR, else cache/; it must hold a dataset whose root is
 the Paris6k-250 folder (built by `python -m cbir extract --dataset paris6k --root

@@ -1,7 +1,7 @@
 """Diffusion speed on synthetic descriptors the size of Paris6k (or larger): prints the figures.
 
-    python bench/diffusion.py                  # 6392 x 2048, 55 queries, exact kNN graph
-    python bench/diffusion.py --n 100000       # approximate (faiss IVF) graph, truncation to top 5000
+    python -m bench.diffusion                  # 6392 x 2048, 55 queries, exact kNN graph
+    python -m bench.diffusion --n 100000       # approximate (faiss IVF) graph, truncation to top 5000
 
 Data: unit vectors around `n / 64` random cluster centres (about 64 per cluster,
 noise of norm `--noise`), queries drawn the same way. Figures, all from this run:

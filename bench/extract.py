@@ -1,6 +1,6 @@
 """Extraction throughput: end to end (decode, resize, forward, 4 poolings, cache) against the bare forward.
 
-    python bench/extract.py [--root ../shared/data/paris6k-250] [--limit 32] [--rounds 3] [--size 1024]
+    python -m bench.extract [--root ../shared/data/paris6k-250] [--limit 32] [--rounds 3] [--size 1024]
 
 Both figures come from the same run on the same images: the bare forward gets
 tensors decoded beforehand, the end-to-end run is `cbir.extraction.extract` into a

@@ -88,7 +88,13 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
             explain_no_data()
             st.stop()
         return None
+    bundle = loaders.bundle_manifest()
     with st.sidebar:
+        if bundle is not None:
+            st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px "
+                       "thumbnails): figures can differ from full-precision descriptors in the last "
+                       "digits; searching with your own image or extracting needs the original "
+                       "images and torch (requirements-extract.txt).")
         key = state.select("Dataset", "dataset", list(found), what="dataset",
                            format_func=lambda k: f"{found[k].name} ({k})")
         dataset = found[key]

@@ -158,6 +158,7 @@ def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cach
     monkeypatch.chdir(REPO)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
+    assert any("Serving a bundle (float16 descriptors" in c.value for c in at.sidebar.caption)
     table = at.dataframe[0].value
     assert set(table["pooling"]) == {"mac", "spoc", "gem", "rmac"}
     assert table.loc[table["pooling"] == "rmac", "mAP"].max() >= 87.0

@@ -1,6 +1,6 @@
 """How much the readability check costs when loading a dataset.
 
-Usage: PYTHONPATH=. python bench/bench_image_check.py [DATASET_ROOT]   (default: ../shared/data/paris6k-250)
+Usage: python -m bench.image_check [DATASET_ROOT]   (default: ../shared/data/paris6k-250)
 
 Prints, for the images of a Paris6k-layout folder: a full decode per image, the
 draft-mode check `cbir.data.check_image` does, the same in a thread pool, and the

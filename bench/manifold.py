@@ -1,6 +1,6 @@
 """Time the Manifolds page's layouts on a Paris6k-sized database (6392 x 1280, 11 clusters).
 
-    python -m bench.bench_manifold      (from the repository root)
+    python -m bench.manifold      (from the repository root)
 
 The first UMAP call includes numba's JIT compilation (printed separately).
 """

@@ -1,7 +1,7 @@
 """Time the metrics on a Paris6k-sized problem (55 queries x 6392 images); the dashboard
 recomputes them on every slider move, so compute_map must stay well under 100 ms.
 
-    python -m bench.bench_metrics      (from the repository root)
+    python -m bench.metrics      (from the repository root)
 """
 import time
 

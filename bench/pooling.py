@@ -1,6 +1,6 @@
 """Pooling cost per image on CPU, next to the backbone forward pass it follows.
 
-Run: python -m bench.bench_pooling   (prints best-of-N milliseconds per image)
+Run: python -m bench.pooling   (prints best-of-N milliseconds per image)
 """
 import time
 
