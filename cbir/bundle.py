@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import platform
-import shutil
-import tempfile
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,8 +29,8 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cache import (CacheError, atomic_write_text, dataset_dir, load_entry, names_hash, save_entry,
-                    sha256_file)
+from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, load_entry, names_hash,
+                    save_entry, sha256_file)
 from .data import Dataset, open_image
 from .evaluation import stored_diffusion_grid
 from .method import Method
@@ -126,9 +123,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             entries[method.descriptor_key()] = load_entry(cache_root, dataset, method)
         except CacheError as exc:
             raise CacheError(f"{exc}; extract it first with `python -m cbir extract`") from exc
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
+    with atomic_directory(out) as tmp:
         shared = replace(dataset, root="")
         key_dir = dataset_dir(tmp, shared)
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
@@ -160,12 +155,6 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             "total_bytes": sum(f["bytes"] for f in files.values()),
         }
         atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=1))
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return manifest
 
 

@@ -25,6 +25,7 @@ import shutil
 import tempfile
 import time
 import zipfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,6 +58,28 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
+
+
+@contextmanager
+def atomic_directory(final: Path):
+    """A temporary sibling directory that replaces `final` whole when the block succeeds.
+
+    Readers see the old directory or the new one, never a half-written one; if the
+    block fails (or is interrupted) the temporary directory is removed.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        if final.exists():
+            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
+            os.replace(final, trash)
+            shutil.rmtree(trash, ignore_errors=True)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def sha256_file(path: Path) -> str:
@@ -134,9 +157,7 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
                          f"of {len(dataset.images)} images / {len(dataset.queries)} queries")
     save_dataset(cache_root, dataset)
     final = entry_dir(cache_root, dataset_key(dataset), method)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
-    try:
+    with atomic_directory(final) as tmp:
         for name, arr in [*zip(ARRAYS, (db, queries)), *arrays.items()]:
             with open(tmp / name, "wb") as f:
                 np.save(f, arr)
@@ -158,14 +179,6 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
             **(extra or {}),
         }
         atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return final
 
 

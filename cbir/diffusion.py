@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 
+from .ranking import as_float32_rows
+
 SOLVERS = ("cg", "iteration", "scipy-cg")
 RANKER_SOLVERS = ("krylov",) + SOLVERS
 BASIS_ALPHA = 0.99  # one basis built for this alpha normally serves the whole slider range below it
@@ -42,12 +44,7 @@ BASIS_ALPHA = 0.99  # one basis built for this alpha normally serves the whole s
 
 def unit_rows(x: np.ndarray, name: str) -> np.ndarray:
     """float32 rows of unit L2 norm (zero rows stay zero); copies only when needed."""
-    x = np.asarray(x)
-    if x.ndim != 2:
-        raise ValueError(f"{name}: expected a 2-D array (n, dim), got shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"{name}: expected floating-point descriptors, got dtype {x.dtype}")
-    x = np.ascontiguousarray(x, dtype=np.float32)
+    x = as_float32_rows(x, name)
     norms = np.sqrt(np.einsum("ij,ij->i", x, x))
     if not np.all(np.isfinite(norms)):
         raise ValueError(f"{name}: descriptors contain NaN or infinite values")
