@@ -11,6 +11,7 @@ methods, plus what replaces the original images and the heavy computations:
     <out>/<key>/thumbs.json                original (width, height) per thumbnail: box scaling
     <out>/<key>/<slug>/{manifest.json, db.npy, queries.npy}   float16 or PCA-reduced
     <out>/<key>/<slug>/grid-<protocol>.json                   diffusion (alpha, k) mAP grid
+    <out>/<key>/<slug>/report-<protocol>-<re-ranking>.json    the Overview's evaluations
     <out>/<key>/<slug>/layout-*.npy                           UMAP layouts (cbir.manifold)
 
 `verify_bundle` refuses a bundle whose format differs, whose files are missing, or
@@ -32,8 +33,9 @@ from . import __version__
 from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, load_entry, names_hash,
                     save_entry, sha256_file)
 from .data import Dataset, open_image
-from .evaluation import stored_diffusion_grid
+from .evaluation import overview_methods, stored_diffusion_grid, stored_report
 from .method import Method
+from .rerank import rerank
 
 BUNDLE_FORMAT = 1
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -134,7 +136,12 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
                                                                          "whitening", "skipped")}
             save_entry(tmp, shared, method, db, queries, {**inherited, **note})
             bundled = load_entry(tmp, shared, method)
-            for protocol in grid_protocols or shared.protocols:
+            db, queries = bundled.db.astype(np.float32), bundled.queries.astype(np.float32)
+            for protocol in shared.protocols:
+                for shown in overview_methods(method, len(shared.images)):
+                    stored_report(shared, bundled.path, bundled.manifest, shown, protocol,
+                                  lambda: rerank(shown, db, queries))
+            for protocol in shared.protocols if grid_protocols is None else grid_protocols:
                 stored_diffusion_grid(shared, bundled, protocol, progress=progress)
             if layouts:
                 from .manifold import stored_layouts

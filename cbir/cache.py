@@ -195,25 +195,34 @@ def read_manifest(path: Path) -> dict:
     return manifest
 
 
-def load_entry(cache_root: Path, dataset: Dataset, method: Method, verify: bool = True) -> Entry:
-    """Load and validate an entry; any defect raises CacheError naming the file and the problem."""
+def checked_manifest(cache_root: Path, dataset: Dataset, method: Method, verify: bool = True) -> dict:
+    """An entry's manifest once it matches `dataset` and (with `verify`) every array's
+    checksum; CacheError naming the file and the problem otherwise. No array is loaded."""
     path = entry_dir(cache_root, dataset_key(dataset), method)
     manifest = read_manifest(path)
     if manifest.get("names_sha1") != names_hash(dataset.images):
         raise CacheError(f"{path}: descriptors were computed for other database images")
     if manifest.get("query_names_sha1") != names_hash([q.name for q in dataset.queries]):
         raise CacheError(f"{path}: query descriptors were computed for other queries")
-    arrays = []
     for name in ARRAYS:
         file = path / name
         if not file.exists():
             raise CacheError(f"{file}: missing")
         if verify and sha256_file(file) != manifest["files"].get(name):
             raise CacheError(f"{file}: checksum mismatch (truncated or modified)")
+    return manifest
+
+
+def load_entry(cache_root: Path, dataset: Dataset, method: Method, verify: bool = True) -> Entry:
+    """Load and validate an entry; any defect raises CacheError naming the file and the problem."""
+    path = entry_dir(cache_root, dataset_key(dataset), method)
+    manifest = checked_manifest(cache_root, dataset, method, verify)
+    arrays = []
+    for name in ARRAYS:
         try:
-            arrays.append(np.load(file, allow_pickle=False))
+            arrays.append(np.load(path / name, allow_pickle=False))
         except (ValueError, OSError, EOFError) as exc:
-            raise CacheError(f"{file}: unreadable ({exc})") from exc
+            raise CacheError(f"{path / name}: unreadable ({exc})") from exc
     db, queries = arrays
     expected = {"db.npy": (manifest["n_images"], manifest["dim"]),
                 "queries.npy": (manifest["n_queries"], manifest["dim"])}

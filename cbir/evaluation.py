@@ -1,10 +1,12 @@
-"""Evaluation results worth keeping on disk: the diffusion mAP grid over (alpha, k).
+"""Evaluation results worth keeping on disk: per-method reports and the diffusion mAP grid.
 
-The grid costs one graph per k and one solve per alpha, seconds to minutes, so it
-is computed once and stored next to the descriptors it was computed from
-(`grid-<protocol>.json` in the cache entry). A re-extracted entry replaces its
-directory, so a stale grid cannot survive; the file also records the parameters
-and the descriptors' checksum and is recomputed when either differs.
+Ranking every method (a diffusion graph each) costs seconds per method at Paris6k
+size, and the grid one graph per k and one solve per alpha, so both are computed
+once and stored next to the descriptors they come from (`report-<protocol>-<re-ranking>.json`,
+`grid-<protocol>.json` in the cache entry). A re-extracted entry replaces its
+directory, so a stale result cannot survive; each file also records the
+descriptors' checksums and parameters and is recomputed when they differ. A
+read-only cache (a bundle on a hosting service) still gets computed results.
 """
 from __future__ import annotations
 
@@ -16,10 +18,56 @@ import numpy as np
 from .cache import Entry, atomic_write_text
 from .data import Dataset
 from .diffusion import DiffusionRanker
-from .metrics import compute_map
+from .method import Method
+from .metrics import compute_map, evaluation_report
 
 DEFAULT_ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_KS = (5, 10, 20, 30, 50, 100)
+
+
+OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion")
+
+
+def overview_methods(method: Method, n_images: int) -> list[Method]:
+    """The re-rankings the dashboard's Overview shows for one descriptor entry, at the
+    default parameters (k and kq capped below the database size, as the sliders are)."""
+    params = {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images)}
+    return [method.with_rerank(r, **params) if r == "diffusion" else method.with_rerank(r)
+            for r in OVERVIEW_RERANKINGS]
+
+
+def rerank_slug(method: Method) -> str:
+    """The re-ranking part of a method, with its parameters, as a file-name part."""
+    if method.rerank == "diffusion":
+        return f"diffusion-a{method.alpha:g}-k{method.k}-kq{method.kq}-g{method.gamma:g}"
+    if method.rerank in ("qe", "aqe"):
+        return f"{method.rerank}-n{method.qe_n}"
+    return "none"
+
+
+def _store(path: Path, data: dict) -> None:
+    try:
+        atomic_write_text(path, json.dumps(data))
+    except OSError:
+        pass
+
+
+def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Method, protocol: str,
+                  ranks) -> dict:
+    """`evaluation_report` of `method` from disk if computed before from these descriptors;
+    else `ranks()` (a callable, so the caller can reuse a cached diffusion graph) is
+    evaluated and the report stored."""
+    path = Path(entry_dir) / f"report-{protocol}-{rerank_slug(method)}.json"
+    checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
+    try:
+        stored = json.loads(path.read_text())
+        if tuple(stored["checksums"]) == checksums and stored["report"]["protocol"] == protocol:
+            return stored["report"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    report = evaluation_report(ranks(), dataset, protocol)
+    _store(path, {"checksums": list(checksums), "report": report})
+    return report
 
 
 def usable_ks(ks, n_images: int) -> tuple[int, ...]:
@@ -73,8 +121,5 @@ def stored_diffusion_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=
     if grid is not None and (grid["alphas"], grid["ks"], grid["kq"], grid["gamma"]) == wanted:
         return grid
     grid = diffusion_map_grid(dataset, entry, protocol, alphas, ks, kq, gamma, progress)
-    try:
-        atomic_write_text(grid_path(entry, protocol), json.dumps(grid))
-    except OSError:
-        pass
+    _store(grid_path(entry, protocol), grid)
     return grid

@@ -14,13 +14,13 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from cbir.cache import CacheError, Entry, list_datasets, list_entries, load_entry
+from cbir.cache import CacheError, Entry, checked_manifest, list_datasets, list_entries, load_entry
 from cbir.data import Dataset
+from cbir.evaluation import OVERVIEW_RERANKINGS
 from cbir.method import Method
 
 from .state import cache_root
 
-RERANKS = ("none", "aqe", "diffusion")
 
 
 def method_id(method: Method) -> str:
@@ -82,7 +82,7 @@ def _entries(root: str, key: str, stamp: tuple) -> list[Method]:
 def method_options(key: str) -> dict[str, Method]:
     """Every method the cache supports: each descriptor entry with each re-ranking."""
     return {method_id(m.with_rerank(r)): m.with_rerank(r)
-            for m in descriptor_methods(key) for r in RERANKS}
+            for m in descriptor_methods(key) for r in OVERVIEW_RERANKINGS}
 
 
 def _where(key: str, method: Method) -> tuple[str, str, str, int]:
@@ -106,7 +106,7 @@ def entry(key: str, method: Method) -> Entry:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
 def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
-    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug))
+    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug), verify=bundle_manifest() is None)
     return Entry(found.db.astype(np.float32, copy=False), found.queries.astype(np.float32, copy=False),
                  found.manifest, found.path)
 
@@ -144,6 +144,30 @@ def report(key: str, method: Method, protocol: str) -> dict:
 def _report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str) -> dict:
     from cbir.metrics import evaluation_report
     return evaluation_report(ranks(key, method), datasets()[key], protocol)
+
+
+def stored_report(key: str, method: Method, protocol: str) -> dict:
+    """`report`, read from the cache entry when computed before (the Overview's many methods:
+    a cold start then ranks nothing), else computed once and stored there."""
+    return _stored_report(*_where(key, method), method, protocol)
+
+
+@st.cache_data(max_entries=256, show_spinner="Evaluating...")
+def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str) -> dict:
+    from cbir.evaluation import stored_report as from_disk
+    return from_disk(datasets()[key], Path(root) / key / slug, manifest(key, method), method, protocol,
+                     lambda: ranks(key, method))
+
+
+def manifest(key: str, method: Method) -> dict:
+    """The entry's validated manifest (dimension, backbone, provenance) without loading its
+    arrays; checksums are checked here unless a verified bundle already checked them."""
+    return _manifest(*_where(key, method), bundle_manifest() is None)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def _manifest(root: str, key: str, slug: str, stamp: int, verify: bool) -> dict:
+    return checked_manifest(Path(root), datasets()[key], _descriptor(key, slug), verify)
 
 
 def diffusion_grid(key: str, method: Method, protocol: str, kq: int, gamma: float) -> dict:

@@ -30,13 +30,13 @@ def overview(key: str, dataset_name: str, methods: list[Method], protocol: str
     rows, errors = [], []
     for method in methods:
         try:
-            found = loaders.entry(key, method)
-            report = loaders.report(key, method, protocol)
+            manifest = loaders.manifest(key, method)
+            report = loaders.stored_report(key, method, protocol)
         except CacheError as exc:
             errors.append(str(exc))
             continue
         published = published_for(dataset_name, method)
-        n_params = (found.manifest.get("backbone") or {}).get("n_params")
+        n_params = (manifest.get("backbone") or {}).get("n_params")
         rows.append({
             "method": method.label(),
             "backbone": method.backbone,
@@ -44,7 +44,7 @@ def overview(key: str, dataset_name: str, methods: list[Method], protocol: str
             "whitening": method.whitening,
             "re-ranking": method.rerank,
             **{column: percent(report[name]) for column, name in METRICS.items()},
-            "dim": int(found.manifest["dim"]),
+            "dim": int(manifest["dim"]),
             "params (M)": None if n_params is None else n_params / 1e6,
             "published mAP": None if published is None else published.map,
             "published source": "" if published is None else published.source,

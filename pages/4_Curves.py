@@ -41,11 +41,11 @@ with right:
     figure = go.Figure()
     grid = np.linspace(0, 1, 101)
     for colour, method in zip(colours, view.methods):
-        curves = [c for c in pr_curves(ranking[method], view.gnd) if c[0].size]
-        for name, (recall, precision) in zip(names, curves):
+        curves = [(name, c) for name, c in zip(names, pr_curves(ranking[method], view.gnd)) if c[0].size]
+        for name, (recall, precision) in curves:
             figure.add_scatter(x=recall, y=precision, mode="lines", line={"color": colour, "width": 0.6},
                                opacity=0.25, name=name, legendgroup=method.label(), showlegend=False)
-        mean = np.mean([np.interp(grid, r, p, right=0.0) for r, p in curves], axis=0) if curves else grid * 0
+        mean = np.mean([np.interp(grid, r, p, right=0.0) for _, (r, p) in curves], axis=0) if curves else grid * 0
         figure.add_scatter(x=grid, y=mean, mode="lines", line={"color": colour, "width": 3},
                            name=f"mean: {method.label()}", legendgroup=method.label())
     figure.update_layout(title="Precision-recall (the curves the reference AP integrates)",

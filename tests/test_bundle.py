@@ -7,6 +7,7 @@ import pytest
 
 from cbir.bundle import BundleError, build_bundle, thumbnail_path, verify_bundle
 from cbir.cache import CacheError, dataset_dir, list_datasets, load_entry
+from cbir.evaluation import overview_methods, stored_report
 from cbir.metrics import evaluation_report
 from cbir.method import Method
 from cbir.report import study_tables, to_csv, to_markdown
@@ -47,6 +48,23 @@ def test_bundle_holds_what_the_dashboard_reads(bundle):
         grid = json.loads((entry.path / "grid-original.json").read_text())
         assert max(grid["ks"]) < len(dataset.images)
     assert manifest["total_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
+
+
+def test_bundle_stores_the_overview_evaluations(small, bundle):
+    """The Overview reads every method's report from the bundle: a cold start ranks nothing."""
+    cache_dir, dataset = small
+    out, _, _ = bundle
+    shared = next(iter(list_datasets(out).values()))
+
+    def must_not_rank():
+        raise AssertionError("ranked although the report is stored")
+    for method in METHODS:
+        half = load_entry(out, shared, method)
+        full = load_entry(cache_dir, dataset, method)
+        for shown in overview_methods(method, len(shared.images)):
+            stored = stored_report(shared, half.path, half.manifest, shown, "original", must_not_rank)
+            expected = evaluation_report(rerank(shown, full.db, full.queries), dataset, "original")
+            assert stored["mAP"] == pytest.approx(expected["mAP"], abs=1e-3)
 
 
 def test_bundle_figures_match_the_cache(small, bundle):
