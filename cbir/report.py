@@ -4,7 +4,8 @@ Table 1 compares the baseline poolings (MAC, SPoC, GeM), table 2 R-MAC, table 3
 R-MAC with diffusion, each row with the study's columns (its mAP@10, mAP@100 and
 full-list "mAP (at all dataset)", `cbir.metrics.seed_map_at_k`), the reference
 protocol's full mAP and mP@1/5/10, and the published figure with our difference
-where the study (or the literature) reports the same method. Published figures
+where the study (or the literature) reports the same method, and the study's own
+EfficientNet-B1 figure for the same pooling beside any backbone. Published figures
 are full-list reference mAP on the whole benchmark (REFERENCE.md); on a partial
 dataset the difference is shown but flagged as not comparable.
 """
@@ -19,7 +20,7 @@ from .data import Dataset
 from .metrics import evaluation_report
 from .method import Method
 from .rerank import rerank
-from .study import NOT_COMPARABLE, published_for
+from .study import NOT_COMPARABLE, published_for, seed_study_for
 
 TABLES = (
     ("Table 1: baseline poolings", lambda m: m.pooling in ("mac", "spoc", "gem") and m.rerank == "none"),
@@ -27,7 +28,7 @@ TABLES = (
     ("Table 3: R-MAC + diffusion", lambda m: m.pooling == "rmac" and m.rerank == "diffusion"),
 )
 COLUMNS = ("method", "seed mAP@10", "seed mAP@100", "seed mAP (all)", "mAP", "published mAP",
-           "mAP - published", "mP@1", "mP@5", "mP@10", "dim")
+           "mAP - published", "seed study mAP (EfficientNet-B1)", "mP@1", "mP@5", "mP@10", "dim")
 
 
 def percent(x: float | None) -> float | None:
@@ -38,6 +39,7 @@ def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str
     entry = load_entry(cache_root, dataset, method)
     result = evaluation_report(rerank(method, entry.db, entry.queries), dataset, protocol)
     published = published_for(dataset.name, method)
+    study = seed_study_for(method) if dataset.name == "paris6k" else None
     ours = percent(result["mAP"])
     return {
         "method": method.label(),
@@ -47,6 +49,7 @@ def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str
         "mAP": ours,
         "published mAP": None if published is None else published.map,
         "mAP - published": None if published is None or ours is None else round(ours - published.map, 2),
+        "seed study mAP (EfficientNet-B1)": None if study is None else study.map,
         "mP@1": percent(result["mP@1"]),
         "mP@5": percent(result["mP@5"]),
         "mP@10": percent(result["mP@10"]),
@@ -71,7 +74,10 @@ def _cell(value) -> str:
 def to_markdown(tables: dict[str, list[dict]], dataset: Dataset, protocol: str) -> str:
     lines = [f"# {dataset.name}: {dataset.status_line()}, protocol {protocol}", "",
              "Figures in %. 'seed' columns: the seed study's AP@k normalised by the positives "
-             "within the top k; 'mAP': reference full-list trapezoid AP (junk removed).", ""]
+             "within the top k; 'mAP': reference full-list trapezoid AP (junk removed). "
+             "'published mAP' and the difference: only where the method is the one published; "
+             "'seed study mAP': the study's full-Paris6k figure for the same pooling and "
+             "re-ranking with its EfficientNet-B1 backbone, for orientation.", ""]
     if dataset.partial:
         lines += [f"**{NOT_COMPARABLE}**", ""]
     for title, rows in tables.items():

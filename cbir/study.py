@@ -46,3 +46,13 @@ def published_for(dataset: str, method: Method) -> Published | None:
                 and method.whitening == "none"):
             return row
     return None
+
+
+def seed_study_for(method: Method) -> Published | None:
+    """The seed study's figure for the same pooling and re-ranking, whatever the backbone
+    (it reports EfficientNet-B1 only): the column the study's tables put beside ours."""
+    for row in PUBLISHED:
+        if (row.source == "seed study" and row.pooling == method.pooling
+                and row.rerank == method.rerank and method.whitening == "none"):
+            return row
+    return None

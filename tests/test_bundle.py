@@ -12,6 +12,7 @@ from cbir.metrics import evaluation_report
 from cbir.method import Method
 from cbir.report import study_tables, to_csv, to_markdown
 from cbir.rerank import rerank
+from cbir.study import seed_study_for
 
 from dashboard_fixture import METHODS, build
 
@@ -149,6 +150,15 @@ def test_study_tables(small):
     markdown = to_markdown(tables, dataset, "original")
     assert "## Table 2: R-MAC" in markdown and f"{row['mAP']:.2f}" in markdown
     assert to_csv(tables).count("\n") == 4
+    assert row["seed study mAP (EfficientNet-B1)"] is None  # a dataset other than paris6k
+
+
+def test_seed_study_figures_sit_beside_any_backbone():
+    assert seed_study_for(Method(backbone="vgg16", pooling="spoc")).map == 68.7
+    assert seed_study_for(Method(pooling="rmac")).map == 74.4
+    assert seed_study_for(Method(pooling="rmac", rerank="diffusion")).map == 86.0
+    assert seed_study_for(Method(pooling="gem")) is None
+    assert seed_study_for(Method(pooling="rmac", whitening="pca", whiten_on="oxford5k")) is None
 
 
 def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cache, tmp_path, monkeypatch):
