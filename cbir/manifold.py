@@ -240,7 +240,8 @@ def _save_layout(path: Path, layout: np.ndarray) -> None:
 
 
 def _digest(array: np.ndarray) -> str:
-    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()[:12]
+    """Content hash of the values as float32, so a float16 entry and its float32 copy agree."""
+    return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()[:12]
 
 
 def layouts(db, S, cache_dir: Path, key: str, recompute: bool = False,

@@ -194,6 +194,8 @@ def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cach
         at.switch_page(str(page.relative_to(REPO))).run()
         assert not at.exception, (page.name, [e.value for e in at.exception])
         assert not at.error, (page.name, [e.value for e in at.error])
+        if page.name == "5_Manifolds.py":
+            assert not any("not computed yet" in i.value for i in at.info), "bundled layouts not found"
 
     shared = next(iter(list_datasets(out).values()))
     key = next(iter(list_datasets(out)))
