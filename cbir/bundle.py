@@ -34,6 +34,7 @@ from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir
                     save_entry, sha256_file)
 from .data import Dataset, open_image
 from .evaluation import overview_methods, stored_diffusion_grid, stored_report
+from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
 from .rerank import rerank
 
@@ -131,10 +132,10 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
         for method, entry in entries.items():
             db, queries, note = reduce_descriptors(entry.db, entry.queries, reduce)
-            inherited = {k: v for k, v in entry.manifest.items() if k in ("backbone", "versions", "weights_sha256",
-                                                                         "image_size", "resize", "query_crop",
-                                                                         "whitening", "skipped")}
-            save_entry(tmp, shared, method, db, queries, {**inherited, **note})
+            inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening",)}
+            # An uploaded query is whitened as the entry was; a PCA-reduced entry cannot take it.
+            whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
+            save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)
             bundled = load_entry(tmp, shared, method)
             db, queries = bundled.db.astype(np.float32), bundled.queries.astype(np.float32)
             for protocol in shared.protocols:

@@ -19,6 +19,11 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("CBIR_CACHE_DIR", "cache"))
 
 
+def default_protocol(dataset) -> str:
+    """original for Paris6k/Oxford5k, medium for the revisited ones, else the dataset's only one."""
+    return next((p for p in ("original", "medium") if p in dataset.gnd), next(iter(dataset.gnd)))
+
+
 def print_json(data) -> None:
     json.dump(data, sys.stdout, indent=1)
     sys.stdout.write("\n")
@@ -155,8 +160,7 @@ def cmd_evaluate(args) -> int:
 
     cache = args.cache or default_cache_dir()
     dataset = load_dataset_fast(args.dataset, args.root, cache)
-    protocol = args.protocol or next((p for p in ("original", "medium") if p in dataset.gnd),
-                                     next(iter(dataset.gnd)))
+    protocol = args.protocol or default_protocol(dataset)
     if protocol not in dataset.gnd:
         raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
                          f"available: {', '.join(dataset.gnd)}")
@@ -225,7 +229,7 @@ def cmd_report(args) -> int:
 
     cache = args.cache or default_cache_dir()
     dataset = cached_dataset_by(cache, args.dataset)
-    protocol = args.protocol or next(iter(dataset.gnd))
+    protocol = args.protocol or default_protocol(dataset)
     methods = []
     for method in cached_methods(cache, dataset, args.methods):
         methods.append(method)
@@ -290,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="the seed study's three tables for the cached methods (Markdown, CSV)")
     p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")
     p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
-    p.add_argument("--protocol", default=None, help="default: the dataset's first protocol")
+    p.add_argument("--protocol", default=None, help="default: original, else medium")
     p.add_argument("--out", type=Path, help="also write OUT.md and OUT.csv")
     p.add_argument("--alpha", type=float, default=0.99, help="diffusion alpha for table 3")
     p.add_argument("--k", type=int, default=50, help="diffusion graph neighbours for table 3")

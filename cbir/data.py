@@ -479,6 +479,9 @@ def load_csv(manifest: Path, queries=None, verify_images: bool = True, workers: 
             path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
             if not path or not label:
                 raise ValueError(f"{manifest}:{line}: empty path or label")
+            if Path(path).is_absolute() or ".." in Path(path).parts:
+                raise ValueError(f"{manifest}:{line}: {path} leaves the manifest's folder; "
+                                 "paths must be relative to it")
             if path in files:
                 raise ValueError(f"{manifest}:{line}: {path} listed twice")
             files[path], labels[path] = path, label

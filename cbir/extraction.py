@@ -342,10 +342,14 @@ def unwhitened(method: Method) -> Method:
 
 
 def whitening_source(method: Method, dataset: Dataset, cache_root: Path) -> tuple[str, Dataset]:
-    """The dataset a whitening is learned on: `whiten_on` as a cache key or dataset name,
-    or the test dataset itself (transductive) when empty or naming it."""
+    """The dataset a whitening is learned on: `whiten_on` as a cache key or dataset name of
+    another dataset, or the test dataset itself (transductive) when empty. Naming the test
+    dataset is refused, so every method name that learned on it says "transductive"."""
     own = dataset_key(dataset)
-    if method.whiten_on in ("", dataset.name, own):
+    if method.whiten_on in (dataset.name, own):
+        raise ValueError(f"whitening source {method.whiten_on!r} is the test dataset itself: leave "
+                         "--whiten-on empty for transductive whitening (labelled so), or name another dataset")
+    if method.whiten_on == "":
         return own, dataset
     cached = list_datasets(cache_root)
     if method.whiten_on in cached:

@@ -55,10 +55,6 @@ class Method:
             parts.append(self.whiten_on or "transductive")
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
 
-    def is_transductive(self, dataset: str) -> bool:
-        """Whitening learned on the test database itself is transductive (REFERENCE.md)."""
-        return self.whitening != "none" and self.whiten_on in ("", dataset)
-
     def label(self) -> str:
         text = f"{self.backbone} {self.pooling.upper() if self.pooling != 'rmac' else 'R-MAC'} {self.size}px"
         if self.weights != "imagenet":

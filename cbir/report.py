@@ -28,7 +28,8 @@ TABLES = (
     ("Table 3: R-MAC + diffusion", lambda m: m.pooling == "rmac" and m.rerank == "diffusion"),
 )
 COLUMNS = ("method", "seed mAP@10", "seed mAP@100", "seed mAP (all)", "mAP", "published mAP",
-           "mAP - published", "seed study mAP (EfficientNet-B1)", "mP@1", "mP@5", "mP@10", "dim")
+           "mAP - published", "published source", "seed study mAP (EfficientNet-B1)", "mP@1", "mP@5", "mP@10",
+           "dim")
 
 
 def percent(x: float | None) -> float | None:
@@ -49,6 +50,8 @@ def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str
         "mAP": ours,
         "published mAP": None if published is None else published.map,
         "mAP - published": None if published is None or ours is None else round(ours - published.map, 2),
+        "published source": None if published is None else "; ".join(filter(None, (published.source,
+                                                                                    published.note))),
         "seed study mAP (EfficientNet-B1)": None if study is None else study.map,
         "mP@1": percent(result["mP@1"]),
         "mP@5": percent(result["mP@5"]),

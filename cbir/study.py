@@ -43,7 +43,7 @@ def published_for(dataset: str, method: Method) -> Published | None:
     for row in PUBLISHED:
         if (row.dataset == dataset and row.backbone == method.backbone.removeprefix("tf_")
                 and row.pooling == method.pooling and row.rerank == method.rerank
-                and method.whitening == "none"):
+                and method.whitening == "none" and method.weights == "imagenet"):
             return row
     return None
 
@@ -52,7 +52,7 @@ def seed_study_for(method: Method) -> Published | None:
     """The seed study's figure for the same pooling and re-ranking, whatever the backbone
     (it reports EfficientNet-B1 only): the column the study's tables put beside ours."""
     for row in PUBLISHED:
-        if (row.source == "seed study" and row.pooling == method.pooling
-                and row.rerank == method.rerank and method.whitening == "none"):
+        if (row.source == "seed study" and row.pooling == method.pooling and row.rerank == method.rerank
+                and method.whitening == "none" and method.weights == "imagenet"):
             return row
     return None

@@ -71,6 +71,7 @@ else:
             else:
                 st.image(gallery.framed(image.crop(box), "query"), caption="region used", width=240)
                 method = view.methods[0]
+                search = (view.key, loaders.method_id(method), file.file_id, box, top)
                 if st.button(f"Search with {method.label()}"):
                     from cbir.rerank import rerank
                     with st.spinner("Describing the image..."):
@@ -83,9 +84,9 @@ else:
                         except (ValueError, RuntimeError) as exc:
                             st.error(str(exc))
                         else:
-                            st.session_state["upload_results"] = [
-                                gallery.Tile(int(i), r + 1, "unjudged") for r, i in enumerate(ranking[:top])]
-                results = st.session_state.get("upload_results")
-                if results:
+                            st.session_state["upload_results"] = (search, [
+                                gallery.Tile(int(i), r + 1, "unjudged") for r, i in enumerate(ranking[:top])])
+                searched, results = st.session_state.get("upload_results", (None, None))
+                if searched == search:
                     st.caption("No ground truth for an uploaded image: frames are amber (unjudged).")
                     gallery.draw(dataset, view.key, results)

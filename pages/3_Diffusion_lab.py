@@ -19,6 +19,10 @@ try:
 except CacheError as exc:
     st.error(str(exc))
     st.stop()
+if before_report["mAP"] is None:
+    st.warning(f"No query has a positive under the {view.protocol} protocol on {dataset.status_line()}: "
+               "there is no mAP to tune.")
+    st.stop()
 st.caption(f"Descriptors: {base.label()} (the first method in the sidebar). Baseline mAP without "
            f"re-ranking: {100 * before_report['mAP']:.2f}. The graph is built once per (k, gamma) and "
            "cached; alpha and kq only re-solve.")
@@ -65,7 +69,7 @@ figure = go.Figure(go.Heatmap(z=values, x=[str(k) for k in grid["ks"]], y=[f"{a:
 figure.update_layout(xaxis_title="k", yaxis_title="alpha", xaxis_type="category", yaxis_type="category",
                      height=420, margin={"l": 10, "r": 10, "t": 30, "b": 10})
 st.plotly_chart(figure, key="grid")
-best = np.unravel_index(np.argmax(values), values.shape)
+best = np.unravel_index(np.nanargmax(values), values.shape)
 st.caption(f"Reference mAP, {view.protocol} protocol, kq={grid['kq']}, gamma={grid['gamma']:g}; computed once "
            f"and stored next to the descriptors. Best: alpha={grid['alphas'][best[0]]:g}, "
            f"k={grid['ks'][best[1]]} ({values[best]:.2f}).")

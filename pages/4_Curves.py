@@ -1,4 +1,6 @@
 """Curves: precision@k and precision-recall per query with their mean, per-query AP and its changes."""
+from urllib.parse import urlencode
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -76,8 +78,9 @@ if len(view.methods) >= 2:
 
 st.subheader(f"Hardest queries ({first})")
 hardest = ap[first].dropna().sort_values().head(10)
-links = [f"./Query_explorer?dataset={view.key}&protocol={view.protocol}&query={name}"
-         + "".join(f"&methods={loaders.method_id(m)}" for m in view.methods) for name in hardest.index]
+links = ["./Query_explorer?" + urlencode([("dataset", view.key), ("protocol", view.protocol), ("query", name)]
+                                         + [("methods", loaders.method_id(m)) for m in view.methods])
+         for name in hardest.index]
 st.dataframe(pd.DataFrame({"query": hardest.index, "AP %": hardest.values, "explore": links}),
              hide_index=True, key="hardest", column_config={
                  "AP %": st.column_config.NumberColumn(format="%.2f"),

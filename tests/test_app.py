@@ -6,6 +6,7 @@ import subprocess
 import sys
 from dataclasses import replace
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import pytest
@@ -195,14 +196,17 @@ def test_bad_url_parameters_warn_and_fall_back(site, params, expected):
 
 def test_curves_hardest_queries_link_to_the_explorer(site):
     _, cache_dir, dataset = site
-    at = app(PAGES[2], methods=[METHODS[0].slug(), METHODS[1].slug()])
+    methods = [METHODS[0].slug(), f"{METHODS[1].slug()}+diffusion"]
+    at = app(PAGES[2], methods=methods)
     no_exception(at)
     hardest = at.dataframe[0].value
     aps = [row["ap"] for row in evaluation_report(ranking(dataset, cache_dir, METHODS[0]), dataset,
                                                    "original")["per_query"]]
     assert hardest["AP %"].tolist() == pytest.approx(sorted(100 * np.array(aps))[:len(hardest)])
     assert hardest["explore"].str.startswith("./Query_explorer?").all()
-    assert all(f"query={q}" in link for q, link in zip(hardest["query"], hardest["explore"]))
+    for query, link in zip(hardest["query"], hardest["explore"]):
+        params = parse_qs(urlsplit(link).query)
+        assert params["query"] == [query] and params["methods"] == methods
     assert len(at.get("plotly_chart")) == 4  # P@k, PR, AP bars, AP difference
 
 

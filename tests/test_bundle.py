@@ -12,7 +12,7 @@ from cbir.metrics import evaluation_report
 from cbir.method import Method
 from cbir.report import study_tables, to_csv, to_markdown
 from cbir.rerank import rerank
-from cbir.study import seed_study_for
+from cbir.study import published_for, seed_study_for
 
 from dashboard_fixture import METHODS, build
 
@@ -100,6 +100,27 @@ def test_tampered_bundle_is_refused(bundle, damage):
         verify_bundle(out)
 
 
+def test_bundle_keeps_the_whitening_an_uploaded_query_needs(small, tmp_path):
+    from cbir.cache import dataset_key, save_entry
+    from cbir.extraction import entry_whitening, whitening_arrays
+    from cbir.whitening import apply_whitening, learn_whitening
+
+    cache_dir, dataset = small
+    plain = load_entry(cache_dir, dataset, METHODS[0])
+    whitening = learn_whitening(plain.db, power=0.25, learned_on=dataset_key(dataset))
+    method = Method(pooling="mac", whitening="pca-partial")
+    save_entry(cache_dir, dataset, method, apply_whitening(plain.db, whitening),
+               apply_whitening(plain.queries, whitening),
+               {"whitening": {"power": 0.25, "learned_on": dataset_key(dataset)},
+                "skipped_images": [{"name": "x", "error": "truncated"}]},
+               arrays=whitening_arrays(whitening))
+    out = tmp_path / "whitened"
+    build_bundle(cache_dir, dataset, [method], out, layouts=False, grid_protocols=())
+    bundled = load_entry(out, next(iter(list_datasets(out).values())), method)
+    assert np.allclose(entry_whitening(bundled).projection, whitening.projection)
+    assert bundled.manifest["skipped_images"] == [{"name": "x", "error": "truncated"}]
+
+
 def test_missing_entry_is_named(small, tmp_path):
     cache_dir, dataset = small
     with pytest.raises(CacheError, match="extract it first"):
@@ -159,6 +180,9 @@ def test_seed_study_figures_sit_beside_any_backbone():
     assert seed_study_for(Method(pooling="rmac", rerank="diffusion")).map == 86.0
     assert seed_study_for(Method(pooling="gem")) is None
     assert seed_study_for(Method(pooling="rmac", whitening="pca", whiten_on="oxford5k")) is None
+    assert seed_study_for(Method(pooling="spoc", weights="random")) is None
+    assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac")).map == 83.5
+    assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac", weights="random")) is None
 
 
 def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cache, tmp_path, monkeypatch):

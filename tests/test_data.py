@@ -324,6 +324,8 @@ def test_csv_manifest_with_query_flags_and_a_missing_file(tmp_path):
     ("path,label\na.jpg,\n", r"manifest.csv:2: empty path or label"),
     ("path,label\na.jpg,x\na.jpg,y\n", r"manifest.csv:3: a.jpg listed twice"),
     ("path,label\n", "no images listed"),
+    ("path,label\n../secret.jpg,x\n", r"manifest.csv:2: ../secret.jpg leaves the manifest's folder"),
+    ("path,label\n/etc/passwd,x\n", r"manifest.csv:2: /etc/passwd leaves the manifest's folder"),
 ])
 def test_bad_csv_manifests_name_the_line(tmp_path, text, message):
     (tmp_path / "manifest.csv").write_text(text)

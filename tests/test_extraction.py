@@ -291,6 +291,10 @@ def test_transductive_post_hoc_whitening_is_labelled_and_reproducible(paris_like
     expected = learn_whitening(base.db, power=0.25)
     assert np.allclose(entry.db, apply_whitening(base.db, expected), atol=1e-5)
     assert np.allclose(entry.queries, apply_whitening(base.queries, entry_whitening(entry)), atol=1e-6)
+    assert "transductive" in method.label()
+    for own in (paris_like.name, entry.manifest["dataset_key"]):
+        with pytest.raises(ValueError, match="leave --whiten-on empty"):
+            run(paris_like, [lite("gem", whitening="pca-partial", whiten_on=own)], tmp_path)
 
 
 def test_rmac_whitening_learned_on_another_dataset_applies_per_region(paris_like, tmp_path):
