@@ -182,3 +182,12 @@ def make_csv_manifest(root: Path, classes=("cats", "dogs"), per_class: int = 3,
             for i in range(per_class):
                 writer.writerow([f"images/{cls}/{cls}_{i:03d}.jpg", cls, int(i < queries_per_class)])
     return path
+
+
+def clustered_unit_vectors(n: int, dim: int, clusters: int, noise: float, seed: int = 0):
+    """(n, dim) float32 unit vectors around `clusters` random centres, and each one's cluster."""
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((clusters, dim))
+    labels = rng.integers(0, clusters, n)
+    x = centres[labels] + noise * rng.standard_normal((n, dim))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels

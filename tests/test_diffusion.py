@@ -9,6 +9,7 @@ from cbir import diffusion
 from cbir.diffusion import (DiffusionRanker, affinity_graph, conjugate_gradient, diffuse, jacobi_iteration,
                             knn_neighbours, krylov_solve, lanczos_basis, normalize_graph, query_vectors,
                             ranking_from_scores, solve)
+from synthetic import clustered_unit_vectors
 
 
 def on_circle(*degrees):
@@ -27,11 +28,7 @@ W_AB, W_AC, W_BC = cosd(50) ** 3, cosd(80) ** 3, cosd(30) ** 3
 
 
 def clustered(n=300, dim=32, clusters=6, noise=0.8, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    labels = rng.integers(0, clusters, n)
-    x = centres[labels] + noise * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+    return clustered_unit_vectors(n, dim, clusters, noise, seed)
 
 
 def test_affinity_graph_by_hand():

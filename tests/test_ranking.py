@@ -4,13 +4,11 @@ import pytest
 
 from cbir.diffusion import knn_neighbours
 from cbir.ranking import knn_graph_search, search
+from synthetic import clustered_unit_vectors
 
 
 def clustered(n=400, dim=24, clusters=8, noise=0.5, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return clustered_unit_vectors(n, dim, clusters, noise, seed)[0]
 
 
 def test_full_ranking_is_every_item_by_descending_inner_product():

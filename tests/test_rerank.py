@@ -6,6 +6,7 @@ from cbir.diffusion import DiffusionRanker
 from cbir.method import Method
 from cbir.ranking import search
 from cbir.rerank import AQE_EXPONENT, database_augmentation, query_expansion, rerank
+from synthetic import clustered_unit_vectors
 
 
 def unit(*rows):
@@ -19,10 +20,7 @@ Q = unit([0.8, 0.6])
 
 
 def clustered(n=200, dim=16, clusters=5, noise=0.7, seed=0):
-    rng = np.random.default_rng(seed)
-    centres = rng.standard_normal((clusters, dim))
-    x = centres[rng.integers(0, clusters, n)] + noise * rng.standard_normal((n, dim))
-    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return clustered_unit_vectors(n, dim, clusters, noise, seed)[0]
 
 
 def test_average_query_expansion_by_hand():
