@@ -244,32 +244,59 @@ def _digest(array: np.ndarray) -> str:
     return hashlib.sha1(np.ascontiguousarray(array, dtype=np.float32).tobytes()).hexdigest()[:12]
 
 
+def graph_key(k: int, gamma: float, alpha: float) -> str:
+    """The name of a diffusion graph and alpha in layout file names."""
+    return f"k{k}-g{gamma:g}-a{alpha:g}"
+
+
+def _layout_paths(db: np.ndarray, cache_dir: Path, key: str,
+                  before: np.ndarray | None = None) -> tuple[Path, Path | None]:
+    """Where the before layout of `db` lives, and (given it) the after layout for graph `key`."""
+    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", key):
+        raise ValueError(f"layout key {key!r} must be letters, digits and _ . = - only")
+    cache_dir = Path(cache_dir)
+    before_path = cache_dir / f"layout-{LAYOUT_FORMAT}-before-{_digest(db)}.npy"
+    after_path = None if before is None else cache_dir / f"layout-{LAYOUT_FORMAT}-after-{key}-{_digest(before)}.npy"
+    return before_path, after_path
+
+
+def read_layouts(db, cache_dir: Path, key: str) -> dict[str, np.ndarray] | None:
+    """The stored layouts of `db` for graph `key`, or None if either is absent or malformed.
+
+    Needs neither the graph nor umap: what the dashboard calls on every rerun.
+    """
+    db = np.asarray(db)
+    before_path, _ = _layout_paths(db, cache_dir, key)
+    before = _load_layout(before_path, len(db))
+    if before is None:
+        return None
+    after = _load_layout(_layout_paths(db, cache_dir, key, before)[1], len(db))
+    return None if after is None else {"before": before, "after": after}
+
+
 def layouts(db, S, cache_dir: Path, key: str, recompute: bool = False,
             progress: Callable[[int, int, str], None] | None = None,
             alpha: float = 0.99) -> dict[str, np.ndarray]:
     """Aligned before/after-diffusion layouts of the database, cached as npy in cache_dir.
 
-    `key` names the graph (e.g. "k50-g3-a0.99"): it must change whenever S or alpha do.
+    `key` names the graph (`graph_key`): it must change whenever S or alpha do.
     File names carry digests of what each layout was computed from (the descriptors;
     for "after" also the "before" layout it was initialised from and aligned to), so a
     layout is never paired with other data. Missing, unreadable or malformed files are
     recomputed; a read-only cache directory still gets the computed layouts.
     """
-    if not re.fullmatch(r"[A-Za-z0-9_.=-]+", key):
-        raise ValueError(f"layout key {key!r} must be letters, digits and _ . = - only")
     db = np.asarray(db)
     n = len(db)
     if S.shape != (n, n):
         raise ValueError(f"graph of shape {S.shape} does not match {n} database descriptors")
-    cache_dir = Path(cache_dir)
     report = progress or (lambda done, total, stage: None)
-    before_path = cache_dir / f"layout-{LAYOUT_FORMAT}-before-{_digest(db)}.npy"
+    before_path, _ = _layout_paths(db, cache_dir, key)
     before = None if recompute else _load_layout(before_path, n)
     if before is None:
         report(0, 2, "UMAP of the descriptors")
         before = umap_layout(db, n_epochs=LAYOUT_EPOCHS)
         _save_layout(before_path, before)
-    after_path = cache_dir / f"layout-{LAYOUT_FORMAT}-after-{key}-{_digest(before)}.npy"
+    _, after_path = _layout_paths(db, cache_dir, key, before)
     after = None if recompute else _load_layout(after_path, n)
     if after is None:
         report(1, 2, "UMAP of the diffusion affinities")
@@ -292,5 +319,5 @@ def stored_layouts(dataset, entry, k: int = 50, gamma: float = 3.0, alpha: float
         raise ValueError(f"{entry.path}: {n} descriptors for {len(dataset.images)} images")
     k = min(int(k), n - 1)
     S = normalize_graph(affinity_graph(entry.db, k=k, gamma=gamma))
-    return layouts(entry.db, S, Path(entry.path), f"k{k}-g{gamma:g}-a{alpha:g}",
+    return layouts(entry.db, S, Path(entry.path), graph_key(k, gamma, alpha),
                    recompute=recompute, progress=progress, alpha=alpha)

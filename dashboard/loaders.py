@@ -106,7 +106,9 @@ def entry(key: str, method: Method) -> Entry:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
 def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
-    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug), verify=bundle_manifest() is None)
+    method = _descriptor(key, slug)
+    manifest(key, method)  # checksums checked once (cached), or by the bundle's verification
+    found = load_entry(Path(root), datasets()[key], method, verify=False)
     return Entry(found.db.astype(np.float32, copy=False), found.queries.astype(np.float32, copy=False),
                  found.manifest, found.path)
 
@@ -181,30 +183,18 @@ def _diffusion_grid(root: str, key: str, slug: str, stamp: int, protocol: str, k
     return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma)
 
 
-class NotComputed(Exception):
-    """Layouts are not in the cache and computing them was not asked for."""
-
-
 def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, compute: bool = False,
             recompute: bool = False, progress=None) -> dict[str, np.ndarray] | None:
     """The aligned before/after-diffusion layouts from the entry directory (`cbir.manifold`).
 
-    Without `compute`, None when they are not stored yet: UMAP (seconds to minutes, and
-    a slow import) runs only when the user asks for it.
+    Without `compute` or `recompute`, None when they are not stored yet: UMAP (seconds to
+    minutes, and a slow import) runs only when the user asks for it.
     """
-    from cbir.manifold import layouts as stored
+    from cbir.manifold import graph_key, layouts as computed, read_layouts
 
     found = entry(key, method)
-    graph = ranker(key, method, k, gamma)
-
-    def report(done: int, total: int, stage: str) -> None:
-        if done < total and not (compute or recompute):
-            raise NotComputed(stage)
-        if progress is not None:
-            progress(done, total, stage)
-
-    try:
-        return stored(found.db, graph.S, found.path, f"k{k}-g{gamma:g}-a{alpha:g}", recompute=recompute,
-                      progress=report, alpha=alpha)
-    except NotComputed:
-        return None
+    name = graph_key(k, gamma, alpha)
+    if not (compute or recompute):
+        return read_layouts(found.db, found.path, name)
+    return computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,
+                    progress=progress, alpha=alpha)

@@ -96,6 +96,10 @@ def test_cached_layouts_are_loaded_not_recomputed(computed, monkeypatch):
     again = layouts(computed["db"], computed["S"], computed["dir"], f"k{K}-g3-a0.99")
     for name in ("before", "after"):
         np.testing.assert_array_equal(again[name], computed["result"][name])
+    read = manifold.read_layouts(computed["db"], computed["dir"], manifold.graph_key(K, 3.0, 0.99))
+    for name in ("before", "after"):
+        np.testing.assert_array_equal(read[name], computed["result"][name])
+    assert manifold.read_layouts(computed["db"], computed["dir"], manifold.graph_key(K + 1, 3.0, 0.99)) is None
 
 
 @pytest.mark.parametrize("damage", ["garbage", "wrong shape", "non-finite"])
