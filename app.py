@@ -1,12 +1,13 @@
-"""Overview (home page): every cached method's mAP on the chosen dataset and protocol.
+"""Overview (home page): which method wins on the chosen dataset and protocol, and by how much.
 
 Run with `streamlit run app.py`; the other pages live in `pages/`. Reads only the
-cache (`CBIR_CACHE_DIR`, default `cache/`); never imports torch, timm or umap.
+cache (`CBIR_CACHE_DIR`, default `cache/`) or the embedded demo; never imports torch,
+timm or umap.
 """
 import streamlit as st
 
-from cbir.study import NOT_COMPARABLE, PUBLISHED
-from dashboard import sidebar, tables
+from cbir.study import NOT_COMPARABLE, ODD_ROWS, PUBLISHED, SEED_TABLE
+from dashboard import charts, sidebar, state, tables
 
 view = sidebar.open_page("Overview")
 
@@ -14,23 +15,54 @@ dataset = view.dataset
 params = sidebar.diffusion_params(len(dataset.images))
 methods = list(view.options.values())
 
-st.subheader(f"{dataset.name}: mAP per method ({view.protocol} protocol)")
-table, errors = tables.overview(view.key, dataset.name, methods, view.protocol)
+if view.source == "demo":
+    st.info(sidebar.demo_notice())
+st.subheader(f"{dataset.display_name()}: mAP per method ({view.protocol} protocol)")
+table, errors, pending = tables.overview(view.key, dataset.name, methods, view.protocol)
 for error in errors:
     st.error(f"Cache entry left out: {error}. Re-extract it on the Data and descriptors page.")
+if pending:  # what is ready first, then progress for the rest, then the whole table
+    if not table.empty:
+        st.caption(f"Ready: {len(table)} of {len(table) + len(pending)} methods.")
+        st.dataframe(table[["method", "mAP", "mP@10", "seed mAP (all)"]], hide_index=True, key="ready")
+    computed, failed = tables.evaluate_pending(view.key, pending, view.protocol)
+    for error in failed:
+        st.error(f"Evaluation failed: {error}")
+    table, _, _ = tables.overview(view.key, dataset.name, methods, view.protocol, computed)
 if table.empty:
     st.warning("No usable cache entry for this dataset.")
     st.stop()
 
+best = table.iloc[0]
+base = table[(table["backbone"] == best["backbone"]) & (table["re-ranking"] == "none")]
+runner = table[table["method"] != best["method"]]
+st.markdown(f"**{best['method']}** leads with mAP **{best['mAP']:.2f}**"
+            + (f", {best['mAP'] - runner.iloc[0]['mAP']:.2f} points ahead of {runner.iloc[0]['method']}"
+               if not runner.empty else "") + ".")
+clicked = st.plotly_chart(charts.map_bars(table), key="overview_chart", on_select="rerun",
+                          selection_mode="points", width="stretch")
+chosen = [p["customdata"] for p in (clicked or {}).get("selection", {}).get("points", []) if p.get("customdata")]
+if chosen:  # a click on a bar: that method alone in the Query explorer
+    state.open_in_explorer(methods=[chosen[0]], image="")
+st.caption("Reference mAP (full list, junk removed, trapezoid AP), in percent. Bars grouped by backbone, "
+           "coloured by pooling; re-rankings (hatched) stand beside their base method. Click a bar to "
+           "open that method in the Query explorer.")
+
 percent = st.column_config.NumberColumn(format="%.2f")
+study = st.column_config.NumberColumn(format="%.2f", help="the seed study's published figure for this "
+                                      "column (full Paris6k); 'study row' says which row")
 st.dataframe(table, hide_index=True, key="overview", column_config={
+    "id": None,
     **{column: percent for column in tables.METRICS},
+    **{column: study for column in ("study mAP@10", "study mAP@100", "study mAP (all)")},
     "params (M)": st.column_config.NumberColumn(format="%.1f"),
     "published mAP": st.column_config.NumberColumn(format="%.1f", help=NOT_COMPARABLE),
 })
 st.caption("mAP and mP@k: reference definitions (junk removed, trapezoid AP; mP@k uses "
            "kq = min(rank of the last positive, k), not plain P@k). \"seed\" columns: the seed "
-           "study's AP@k, normalised by the positives within the top k. All in percent. "
+           "study's AP@k, normalised by the positives within the top k, each beside the study's own "
+           "published figure (\"study\") for the same backbone, or for the study row named in "
+           "\"study row\" where the study did not use this backbone. All in percent. "
            f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
            f"gamma={params['gamma']:g}.")
 st.download_button("Export CSV", table.to_csv(index=False).encode(), file_name=f"{view.key}-{view.protocol}.csv",
@@ -44,7 +76,7 @@ with left:
 ({len(dataset.missing)} missing, {len(dataset.unreadable)} unreadable)
 - queries present: **{len(dataset.queries)}** of {dataset.n_queries_total}
 - protocols: {", ".join(dataset.protocols)}
-- images under `{dataset.root}`""")
+- images under `{dataset.root or "(bundle thumbnails only)"}`""")
     if dataset.partial:
         st.warning(f"Partial copy: {dataset.status_line()}. {NOT_COMPARABLE}")
 with right:
@@ -53,3 +85,11 @@ with right:
                    "re-ranking": p.rerank, "mAP": p.map, "source": p.source, "note": p.note}
                   for p in PUBLISHED], hide_index=True)
     st.caption(NOT_COMPARABLE)
+
+with st.expander("The seed study's published table (Paris6k, percent, as printed)"):
+    st.dataframe([{"model": row.name, "mAP@10": row.map_at_10, "mAP@100": row.map_at_100, "mAP": row.map_all,
+                   "dim": row.dim, "params": row.params,
+                   "note": ODD_ROWS.get((row.backbone, row.pooling, row.rerank), "")} for row in SEED_TABLE],
+                 hide_index=True)
+    st.caption("Its mAP@10 and mAP@100 are the study's AP@k (normalised by the positives within the top k): "
+               "compare them with our \"seed\" columns, not with the reference mAP.")

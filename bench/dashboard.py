@@ -1,12 +1,13 @@
 """Dashboard speed on Paris6k-250: diffusion-lab slider changes (target < 300 ms of script
 time) and a cold start of the overview (target < 5 s).
 
-    python -m bench.dashboard [--cache DIR] [--browser]
+    python -m bench.dashboard [--cache DIR | --demo] [--browser]
 
 The cache is DIR, else $CBIR_CACHE_DIR, else cache/; it must hold a dataset whose root is
 the Paris6k-250 folder (built by `python -m cbir extract --dataset paris6k --root
 ../shared/data/paris6k-250`). Without one, descriptors of the real shape (250 x 1280,
 clustered by landmark) are generated into a temporary cache and the output says so.
+With --demo, the user's cache is empty and the app serves the embedded demo (a fresh clone).
 
 Slider: AppTest reruns the whole page script after each change (a browser reruns only
 the slider's fragment, so this is an upper bound); each alpha is new, so every change
@@ -116,12 +117,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cache", type=Path, default=Path(os.environ.get("CBIR_CACHE_DIR", REPO / "cache")))
     parser.add_argument("--browser", action="store_true", help="also time streamlit run + Chromium")
+    parser.add_argument("--demo", action="store_true", help="an empty cache: the app serves the embedded demo")
     args = parser.parse_args()
-    if not PARIS250.is_dir():
+    if not PARIS250.is_dir() and not args.demo:
         sys.exit(f"error: {PARIS250}: Paris6k-250 not found")
     with tempfile.TemporaryDirectory() as tmp:
-        cache = find_cache(args.cache)
-        if cache is None:
+        cache = None if args.demo else find_cache(args.cache)
+        if args.demo:
+            from cbir.demo import DEMO_DIR
+            print(f"Fresh clone: empty cache, serving the embedded demo {DEMO_DIR}")
+            cache = Path(tmp) / "empty-cache"
+            os.environ["CBIR_DATA_DIR"] = str(Path(tmp) / "no-data")
+        elif cache is None:
             print(f"No Paris6k-250 cache in {args.cache}: using SYNTHETIC descriptors of the real shape "
                   "(250 x 1280, clustered by landmark); mAP values are meaningless, timings are not.")
             cache = synthetic_cache(Path(tmp))

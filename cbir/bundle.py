@@ -33,10 +33,9 @@ from . import __version__
 from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, load_entry, names_hash,
                     save_entry, sha256_file)
 from .data import Dataset, open_image
-from .evaluation import overview_methods, stored_diffusion_grid, stored_report
+from .evaluation import store_overview_reports, stored_diffusion_grid
 from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
-from .rerank import rerank
 
 BUNDLE_FORMAT = 1
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -137,11 +136,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
             save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)
             bundled = load_entry(tmp, shared, method)
-            db, queries = bundled.db.astype(np.float32), bundled.queries.astype(np.float32)
-            for protocol in shared.protocols:
-                for shown in overview_methods(method, len(shared.images)):
-                    stored_report(shared, bundled.path, bundled.manifest, shown, protocol,
-                                  lambda: rerank(shown, db, queries))
+            store_overview_reports(shared, bundled)
             for protocol in shared.protocols if grid_protocols is None else grid_protocols:
                 stored_diffusion_grid(shared, bundled, protocol, progress=progress)
             if layouts:

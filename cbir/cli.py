@@ -115,6 +115,7 @@ def extraction_options(args) -> dict:
 
 def cmd_extract(args) -> int:
     from .data import load_dataset
+    from .evaluation import store_overview_reports
     from .extraction import extract
 
     cache = args.cache or default_cache_dir()
@@ -123,13 +124,15 @@ def cmd_extract(args) -> int:
     for bad in dataset.unreadable:
         print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
     options = extraction_options(args)
+    progress = options.pop("progress")
     try:
-        entries = extract(dataset, methods_from_args(args, args.pooling), cache, options.pop("progress"),
-                          **options)
+        entries = extract(dataset, methods_from_args(args, args.pooling), cache, progress, **options)
     except KeyboardInterrupt:
         print("\ninterrupted: completed chunks are kept in the cache; run the same command to resume",
               file=sys.stderr)
         return 130
+    for entry in entries.values():  # the dashboard then opens on stored results
+        store_overview_reports(dataset, entry, progress=progress)
     print_json({"dataset": dataset.name, "status": dataset.status_line(),
                 "skipped": dataset.unreadable, "entries": [
                     {"method": m.label(), "path": str(e.path), "n_images": int(e.db.shape[0]),
@@ -152,11 +155,8 @@ def load_dataset_fast(name: str, root: Path, cache: Path):
 
 
 def cmd_evaluate(args) -> int:
-    import numpy as np
-
+    from .evaluation import blocked_report, store_overview_reports
     from .extraction import ensure_descriptors
-    from .metrics import evaluation_report
-    from .rerank import rerank
 
     cache = args.cache or default_cache_dir()
     dataset = load_dataset_fast(args.dataset, args.root, cache)
@@ -168,9 +168,11 @@ def cmd_evaluate(args) -> int:
     method = method.with_rerank(args.rerank, alpha=args.alpha, k=args.k, kq=args.kq, gamma=args.gamma,
                                 qe_n=args.qe_n)
     options = extraction_options(args)
-    entry = ensure_descriptors(dataset, method, cache, options.pop("progress"), **options)
-    ranks = rerank(method, np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32))
-    report = evaluation_report(ranks, dataset, protocol)
+    progress = options.pop("progress")
+    entry = ensure_descriptors(dataset, method, cache, progress, **options)
+    stored = store_overview_reports(dataset, entry, progress=progress)
+    report = stored.get((method, protocol)) or blocked_report(method, entry.db, entry.queries, dataset, protocol,
+                                                                progress=progress)
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"),
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
@@ -221,6 +223,16 @@ def cmd_bundle(args) -> int:
                 "total_mib": round(manifest["total_bytes"] / 2**20, 1),
                 "largest_file": {"path": largest[0], "bytes": largest[1]["bytes"]},
                 "methods": [m["backbone"] + "-" + m["pooling"] for m in manifest["methods"]]})
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from .demo import build_demo
+
+    manifest = build_demo(args.root, args.out, args.cache, progress=tqdm_progress())
+    print_json({"demo": str(args.out), "files": len(manifest["files"]),
+                "total_mib": round(manifest["total_bytes"] / 2**20, 2),
+                "methods": len(manifest["methods"])})
     return 0
 
 
@@ -290,6 +302,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-layouts", action="store_true", help="skip the UMAP layouts (minutes each)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
     p.set_defaults(func=cmd_bundle)
+
+    from .demo import DEMO_DIR
+
+    p = sub.add_parser("demo", help="rebuild the embedded demo bundle from the Paris6k-250 subset")
+    p.add_argument("--root", required=True, type=Path, help="the Paris6k-250 folder (../shared/data/paris6k-250)")
+    p.add_argument("--out", type=Path, default=DEMO_DIR, help="new folder for the demo (default demo/paris6k-250; move the old one away)")
+    p.add_argument("--cache", type=Path, default=Path("cache"), help="cache for the full-precision descriptors")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("report", help="the seed study's three tables for the cached methods (Markdown, CSV)")
     p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")

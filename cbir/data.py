@@ -22,6 +22,9 @@ import numpy as np
 from PIL import Image
 
 
+BENCHMARK_NAMES = {"paris6k": "Paris6k", "rparis6k": "rParis6k", "oxford5k": "Oxford5k", "roxford5k": "rOxford5k"}
+
+
 @dataclass(frozen=True)
 class Query:
     name: str
@@ -56,6 +59,11 @@ class Dataset:
         return (f"{len(self.images)} of {self.n_images_total} images, "
                 f"{len(self.queries)} of {self.n_queries_total} queries")
 
+    def display_name(self) -> str:
+        """The name users know, with the share present when partial: "Paris6k (250 of 6392 images)"."""
+        name = BENCHMARK_NAMES.get(self.name, self.name)
+        return f"{name} ({len(self.images)} of {self.n_images_total} images)" if self.partial else name
+
     def image_path(self, i: int) -> Path:
         return Path(self.root) / self.paths[i]
 
@@ -67,6 +75,24 @@ class Dataset:
         so `labels[query.index]` would silently read the last image's label."""
         query = self.queries[q]
         return self.labels[query.index] if query.index >= 0 else landmark_of(query.name)
+
+    def image_as_query_truth(self, protocol: str, index: int) -> tuple[dict | None, str]:
+        """Ground truth when database image `index` is the query, and how it was judged.
+
+        A class protocol judges by the class label (the image itself junk, as for its own
+        queries); a benchmark judges only an image that is one of its queries, by that
+        query's ground truth; any other image has none (unjudged).
+        """
+        if protocol == "class":
+            label = self.labels[index]
+            same = np.flatnonzero(np.asarray(self.labels) == label)
+            return ({"ok": same[same != index], "junk": np.array([index])},
+                    f"judged by its class label ({label!r})")
+        for q, query in enumerate(self.queries):
+            if query.index == index:
+                return (self.gnd[protocol][q], f"judged by the ground truth of benchmark query {query.name} "
+                        "(described here as the full image, not cropped to its box)")
+        return None, "no ground truth for this image in this benchmark: frames are amber (unjudged)"
 
     def to_json(self) -> dict:
         data = asdict(self)

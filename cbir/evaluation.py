@@ -19,13 +19,15 @@ from .cache import Entry, atomic_write_text
 from .data import Dataset
 from .diffusion import DiffusionRanker
 from .method import Method
-from .metrics import compute_map, evaluation_report
+from .metrics import check_protocol, compute_map, query_metrics, summarise
+from .rerank import rerank
 
 DEFAULT_ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_KS = (5, 10, 20, 30, 50, 100)
 
 
 OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion")
+QUERY_BLOCK = 512
 
 
 def overview_methods(method: Method, n_images: int) -> list[Method]:
@@ -52,22 +54,77 @@ def _store(path: Path, data: dict) -> None:
         pass
 
 
-def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Method, protocol: str,
-                  ranks) -> dict:
-    """`evaluation_report` of `method` from disk if computed before from these descriptors;
-    else `ranks()` (a callable, so the caller can reuse a cached diffusion graph) is
-    evaluated and the report stored."""
-    path = Path(entry_dir) / f"report-{protocol}-{rerank_slug(method)}.json"
+def blocked_report(method: Method, db: np.ndarray, queries: np.ndarray, dataset: Dataset, protocol: str,
+                   ranker: DiffusionRanker | None = None, block: int = QUERY_BLOCK, progress=None) -> dict:
+    """`evaluation_report` of `method`, ranking `block` queries at a time.
+
+    Memory stays at block x n_db instead of n_queries x n_db: a folder where every image
+    is a query (7168 x 7168) holds 600 MB of similarities and ranks per method otherwise.
+    Every figure is a mean of per-query values, so the report is the same.
+    """
+    gnd = check_protocol(dataset, protocol)
+    db = np.asarray(db, np.float32)
+    if method.rerank == "diffusion" and ranker is None:
+        ranker = DiffusionRanker(db, method.k, method.gamma)
+    parts = []
+    for start in range(0, len(queries), block):
+        stop = min(start + block, len(queries))
+        ranks = rerank(method, db, np.asarray(queries[start:stop], np.float32), ranker=ranker)
+        parts.append(query_metrics(ranks, gnd[start:stop], dataset))
+        if progress is not None:
+            progress(stop, len(queries), method.label())
+    if not parts:
+        parts.append(query_metrics(np.zeros((0, len(db)), np.int64), [], dataset))
+    return summarise({name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, dataset, protocol)
+
+
+def report_path(entry_dir: Path, method: Method, protocol: str) -> Path:
+    return Path(entry_dir) / f"report-{protocol}-{rerank_slug(method)}.json"
+
+
+def read_stored_report(entry_dir: Path, manifest: dict, method: Method, protocol: str) -> dict | None:
+    """The report stored for these descriptors, or None if absent, unreadable or stale."""
     checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
     try:
-        stored = json.loads(path.read_text())
+        stored = json.loads(report_path(entry_dir, method, protocol).read_text())
         if tuple(stored["checksums"]) == checksums and stored["report"]["protocol"] == protocol:
             return stored["report"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
-    report = evaluation_report(ranks(), dataset, protocol)
-    _store(path, {"checksums": list(checksums), "report": report})
+    return None
+
+
+def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Method, protocol: str,
+                  evaluate) -> dict:
+    """`evaluation_report` of `method` from disk if computed before from these descriptors;
+    else `evaluate()` (a callable returning the report, so the caller chooses how to rank
+    and can reuse a cached diffusion graph) is called and the report stored."""
+    report = read_stored_report(entry_dir, manifest, method, protocol)
+    if report is None:
+        report = evaluate()
+        checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
+        _store(report_path(entry_dir, method, protocol), {"checksums": list(checksums), "report": report})
     return report
+
+
+def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progress=None) -> dict:
+    """Evaluate and store every re-ranking the dashboard's Overview shows for this entry (one
+    diffusion graph for all protocols), so the dashboard opens on stored results; returns
+    {(method, protocol): report}. Already stored ones are read, not recomputed."""
+    db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)
+    shown = overview_methods(entry.method.descriptor_key(), len(dataset.images))
+    graphs = {}
+    reports = {}
+    for protocol in protocols or dataset.protocols:
+        for method in shown:
+            def evaluate(method=method, protocol=protocol):
+                graph = None
+                if method.rerank == "diffusion":
+                    graph = graphs.setdefault((method.k, method.gamma), DiffusionRanker(db, method.k, method.gamma))
+                return blocked_report(method, db, queries, dataset, protocol, ranker=graph, progress=progress)
+            reports[method, protocol] = stored_report(dataset, entry.path, entry.manifest, method, protocol,
+                                                      evaluate)
+    return reports
 
 
 def usable_ks(ks, n_images: int) -> tuple[int, ...]:

@@ -10,8 +10,17 @@ import re
 from dataclasses import asdict, dataclass, fields, replace
 
 POOLINGS = ("mac", "spoc", "gem", "rmac")
+POOLING_NAMES = {"mac": "MAC", "spoc": "SPoC", "gem": "GeM", "rmac": "R-MAC"}
 WHITENINGS = ("none", "pca", "pca-partial")
 RERANKINGS = ("none", "diffusion", "aqe", "qe")
+STUDY_BACKBONES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "efficientnet_b1": "EfficientNet-B1"}
+SHORT_BACKBONES = {"tf_efficientnet_lite0": "Lite0", "tf_efficientnet_lite1": "Lite1",
+                   "tf_efficientnet_lite2": "Lite2", "tf_efficientnet_b1": "EfficientNet-B1", **STUDY_BACKBONES}
+
+
+def short_backbone(name: str) -> str:
+    """What users call a backbone ("Lite0" for timm's tf_efficientnet_lite0); other timm names as they are."""
+    return SHORT_BACKBONES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,7 @@ class Method:
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
 
     def label(self) -> str:
-        text = f"{self.backbone} {self.pooling.upper() if self.pooling != 'rmac' else 'R-MAC'} {self.size}px"
+        text = f"{short_backbone(self.backbone)} {POOLING_NAMES[self.pooling]} {self.size}px"
         if self.weights != "imagenet":
             text += f" [{self.weights} weights]"
         if self.whitening != "none":

@@ -217,11 +217,8 @@ def _fraction(x: float) -> float | None:
     return None if np.isnan(x) else float(x)
 
 
-def evaluation_report(ranks, dataset, protocol: str) -> dict:
-    """The JSON the CLI prints for one ranking: reference metrics plus the seed's columns.
-
-    All metrics are fractions in [0, 1]; NaN (no query with positives) becomes null.
-    """
+def check_protocol(dataset, protocol: str) -> list[dict]:
+    """The ground truth of `protocol`, after checking it exists and matches the queries."""
     if protocol not in dataset.gnd:
         raise ValueError(f"dataset {dataset.name!r} has no protocol {protocol!r}; "
                          f"available: {sorted(dataset.gnd)}")
@@ -229,29 +226,55 @@ def evaluation_report(ranks, dataset, protocol: str) -> dict:
     if len(gnd) != len(dataset.queries):
         raise ValueError(f"dataset {dataset.name!r}: {len(dataset.queries)} queries but "
                          f"{len(gnd)} ground-truth entries for protocol {protocol!r}")
+    return gnd
+
+
+def query_metrics(ranks, gnd, dataset) -> dict[str, np.ndarray]:
+    """Per-query values every report figure is a mean of (NaN: no positives): reference AP,
+    reference mP@1/5/10, the seed's AP@10, AP@100 and AP over the whole list."""
     ranks = np.asarray(ranks)
     if ranks.ndim == 2 and ranks.size and ranks.max() >= len(dataset.images):
         raise ValueError(f"ranks refer to image {int(ranks.max())} but dataset "
                          f"{dataset.name!r} has {len(dataset.images)} images")
     reference = compute_map(ranks, gnd, kappas=(1, 5, 10))
-    seed = {k: seed_map_at_k(ranks, gnd, k)[0] for k in (10, 100, None)}
-    report = {
+    return {"ap": reference["aps"], "mp": reference["prs"],
+            **{f"seed{k}": seed_map_at_k(ranks, gnd, k)[1] for k in (10, 100, None)}}
+
+
+def _mean(values: np.ndarray) -> float | None:
+    scored = ~np.isnan(values)
+    return float(values[scored].mean(axis=0)) if scored.any() else None
+
+
+def summarise(metrics: dict[str, np.ndarray], dataset, protocol: str) -> dict:
+    """The report of `evaluation_report` from per-query values (possibly computed in blocks)."""
+    gnd = dataset.gnd[protocol]
+    scored = ~np.isnan(metrics["ap"])
+    mp = metrics["mp"][scored].mean(axis=0) if scored.any() else [None] * 3
+    return {
         "protocol": protocol,
         "dataset": dataset.name,
         "n_images": len(dataset.images),
         "n_queries": len(dataset.queries),
-        "n_queries_scored": int((~np.isnan(reference["aps"])).sum()),
-        "mAP": _fraction(reference["map"]),
-        "mP@1": _fraction(reference["mpr"][0]),
-        "mP@5": _fraction(reference["mpr"][1]),
-        "mP@10": _fraction(reference["mpr"][2]),
-        "mAP@10": _fraction(seed[10]),
-        "mAP@100": _fraction(seed[100]),
-        "seed_mAP@10": _fraction(seed[10]),
-        "seed_mAP@100": _fraction(seed[100]),
-        "seed_mAP": _fraction(seed[None]),
+        "n_queries_scored": int(scored.sum()),
+        "mAP": _mean(metrics["ap"]),
+        "mP@1": None if mp[0] is None else float(mp[0]),
+        "mP@5": None if mp[1] is None else float(mp[1]),
+        "mP@10": None if mp[2] is None else float(mp[2]),
+        "mAP@10": _mean(metrics["seed10"]),
+        "mAP@100": _mean(metrics["seed100"]),
+        "seed_mAP@10": _mean(metrics["seed10"]),
+        "seed_mAP@100": _mean(metrics["seed100"]),
+        "seed_mAP": _mean(metrics["seedNone"]),
         "per_query": [{"query": q.name, "ap": _fraction(ap), "positives": len(g["ok"])}
-                      for q, ap, g in zip(dataset.queries, reference["aps"], gnd)],
+                      for q, ap, g in zip(dataset.queries, metrics["ap"], gnd)],
         "definitions": DEFINITIONS,
     }
-    return report
+
+
+def evaluation_report(ranks, dataset, protocol: str) -> dict:
+    """The JSON the CLI prints for one ranking: reference metrics plus the seed's columns.
+
+    All metrics are fractions in [0, 1]; NaN (no query with positives) becomes null.
+    """
+    return summarise(query_metrics(ranks, check_protocol(dataset, protocol), dataset), dataset, protocol)

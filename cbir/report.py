@@ -3,9 +3,10 @@
 Table 1 compares the baseline poolings (MAC, SPoC, GeM), table 2 R-MAC, table 3
 R-MAC with diffusion, each row with the study's columns (its mAP@10, mAP@100 and
 full-list "mAP (at all dataset)", `cbir.metrics.seed_map_at_k`), the reference
-protocol's full mAP and mP@1/5/10, and the published figure with our difference
-where the study (or the literature) reports the same method, and the study's own
-EfficientNet-B1 figure for the same pooling beside any backbone. Published figures
+protocol's full mAP and mP@1/5/10, the seed study's published figure beside each of
+its columns (`cbir.study.SEED_TABLE`: same backbone, or a named stand-in for one the
+study did not use), and the published reference mAP with our difference where the
+literature reports the same method. Published figures
 are full-list reference mAP on the whole benchmark (REFERENCE.md); on a partial
 dataset the difference is shown but flagged as not comparable.
 """
@@ -15,44 +16,46 @@ import csv
 import io
 from pathlib import Path
 
+import numpy as np
+
 from .cache import load_entry
 from .data import Dataset
 from .metrics import evaluation_report
 from .method import Method
 from .rerank import rerank
-from .study import NOT_COMPARABLE, published_for, seed_study_for
+from .evaluation import load_grid
+from .study import NOT_COMPARABLE, published_for, study_columns
 
 TABLES = (
     ("Table 1: baseline poolings", lambda m: m.pooling in ("mac", "spoc", "gem") and m.rerank == "none"),
     ("Table 2: R-MAC", lambda m: m.pooling == "rmac" and m.rerank == "none"),
     ("Table 3: R-MAC + diffusion", lambda m: m.pooling == "rmac" and m.rerank == "diffusion"),
 )
-COLUMNS = ("method", "seed mAP@10", "seed mAP@100", "seed mAP (all)", "mAP", "published mAP",
-           "mAP - published", "published source", "seed study mAP (EfficientNet-B1)", "mP@1", "mP@5", "mP@10",
-           "dim")
+COLUMNS = ("method", "seed mAP@10", "study mAP@10", "seed mAP@100", "study mAP@100", "seed mAP (all)",
+           "study mAP (all)", "study row", "mAP", "published mAP", "mAP - published", "published source",
+           "mP@1", "mP@5", "mP@10", "dim", "study dim")
 
 
 def percent(x: float | None) -> float | None:
     return None if x is None else round(100.0 * x, 2)
 
 
-def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str) -> dict:
+def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str, note: str = "") -> dict:
     entry = load_entry(cache_root, dataset, method)
     result = evaluation_report(rerank(method, entry.db, entry.queries), dataset, protocol)
     published = published_for(dataset.name, method)
-    study = seed_study_for(method) if dataset.name == "paris6k" else None
     ours = percent(result["mAP"])
     return {
-        "method": method.label(),
+        "method": f"{method.label()} {note}".strip(),
         "seed mAP@10": percent(result["seed_mAP@10"]),
         "seed mAP@100": percent(result["seed_mAP@100"]),
         "seed mAP (all)": percent(result["seed_mAP"]),
+        **study_columns(dataset.name, method),
         "mAP": ours,
         "published mAP": None if published is None else published.map,
         "mAP - published": None if published is None or ours is None else round(ours - published.map, 2),
         "published source": None if published is None else "; ".join(filter(None, (published.source,
                                                                                     published.note))),
-        "seed study mAP (EfficientNet-B1)": None if study is None else study.map,
         "mP@1": percent(result["mP@1"]),
         "mP@5": percent(result["mP@5"]),
         "mP@10": percent(result["mP@10"]),
@@ -60,12 +63,37 @@ def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str
     }
 
 
+def tuned_diffusion(dataset: Dataset, cache_root: Path, method: Method, protocol: str) -> Method | None:
+    """The best (alpha, k) of the entry's stored grid when it beats `method`'s own (alpha, k):
+    chosen on the test queries, so the row that shows it is labelled so."""
+    grid = load_grid(load_entry(cache_root, dataset, method), protocol)
+    if grid is None or (grid["kq"], grid["gamma"]) != (method.kq, method.gamma):
+        return None
+    values = np.asarray(grid["map"])
+    i, j = np.unravel_index(int(np.argmax(values)), values.shape)
+    best = method.with_rerank("diffusion", alpha=grid["alphas"][i], k=grid["ks"][j])
+    return None if (best.alpha, best.k) == (method.alpha, method.k) else best
+
+
 def study_tables(dataset: Dataset, cache_root: Path, methods: list[Method], protocol: str) -> dict[str, list[dict]]:
-    """Rows of each of the study's tables for the given methods (a method lands in one table)."""
+    """Rows of each of the study's tables for the given methods (a method lands in one table).
+
+    The diffusion table's title states its (alpha, k); where the stored grid holds a better
+    (alpha, k), that row follows, labelled as tuned on the test queries.
+    """
     tables = {}
     for title, belongs in TABLES:
-        rows = [method_row(dataset, cache_root, m, protocol) for m in methods if belongs(m)]
+        rows = []
+        for method in (m for m in methods if belongs(m)):
+            rows.append(method_row(dataset, cache_root, method, protocol))
+            tuned = tuned_diffusion(dataset, cache_root, method, protocol) if method.rerank == "diffusion" else None
+            if tuned is not None:
+                rows.append(method_row(dataset, cache_root, tuned, protocol,
+                                       "[best of the stored (alpha, k) grid: tuned on the test queries]"))
         if rows:
+            used = sorted({(m.alpha, m.k) for m in methods if belongs(m) and m.rerank == "diffusion"})
+            if used:
+                title += " (" + "; ".join(f"alpha={a:g}, k={k}" for a, k in used) + ")"
             tables[title] = rows
     return tables
 
@@ -78,9 +106,10 @@ def to_markdown(tables: dict[str, list[dict]], dataset: Dataset, protocol: str) 
     lines = [f"# {dataset.name}: {dataset.status_line()}, protocol {protocol}", "",
              "Figures in %. 'seed' columns: the seed study's AP@k normalised by the positives "
              "within the top k; 'mAP': reference full-list trapezoid AP (junk removed). "
-             "'published mAP' and the difference: only where the method is the one published; "
-             "'seed study mAP': the study's full-Paris6k figure for the same pooling and "
-             "re-ranking with its EfficientNet-B1 backbone, for orientation.", ""]
+             "'study' columns: the seed study's published figure for the same column, backbone, "
+             "pooling and re-ranking (full Paris6k); for a backbone the study did not use, "
+             "'study row' names the row it is put beside. 'published mAP' and the difference: "
+             "only where the method is the one published (reference mAP).", ""]
     if dataset.partial:
         lines += [f"**{NOT_COMPARABLE}**", ""]
     for title, rows in tables.items():

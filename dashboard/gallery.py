@@ -18,7 +18,7 @@ from PIL import Image, ImageDraw, ImageOps
 
 from cbir.data import Dataset
 
-from .state import cache_root, data_root
+from .state import EXPLORER, IMAGE_QUERY, OPEN_PAGE, cache_root, data_root, set_view
 
 THUMB = 192
 FRAME = {"positive": (34, 160, 60), "negative": (210, 40, 40), "junk": (150, 150, 150),
@@ -125,13 +125,25 @@ def framed(img: Image.Image, kind: str, border: int = 6) -> Image.Image:
     return ImageOps.expand(img, border=border, fill=FRAME[kind])
 
 
-def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150) -> None:
-    """One `st.image` per tile in a wrapping row, so tests can read each caption."""
+def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_query: str = "") -> None:
+    """One `st.image` per tile in a wrapping row, so tests can read each caption.
+
+    With `as_query` (a prefix unique on the page), each tile gets a "use as query" button.
+    """
     with st.container(horizontal=True, gap="small"):
         for tile in items:
             image = thumbnail(dataset, key, dataset.paths[tile.index], dataset.images[tile.index])
-            st.image(framed(image, tile.kind),
-                     caption=tile.caption(dataset), width=width)
+            with st.container(width=width + 12, gap=None):
+                st.image(framed(image, tile.kind), caption=tile.caption(dataset), width=width)
+                if as_query:
+                    st.button("use as query", key=f"{as_query}_{tile.index}", on_click=use_as_query,
+                              args=(dataset.images[tile.index],), help="rank the database for this image")
+
+
+def use_as_query(name: str) -> None:
+    """Button callback: the Query explorer opens with this database image as the query."""
+    set_view(IMAGE_QUERY, name)
+    st.session_state[OPEN_PAGE] = EXPLORER
 
 
 def positions(ranking: np.ndarray) -> np.ndarray:

@@ -56,9 +56,16 @@ def _verified_bundle(root: str, stamp: int) -> dict:
 
 
 def datasets() -> dict[str, Dataset]:
-    """Datasets described in the cache, by dataset key (a bundle only once verified)."""
-    bundle_manifest()
-    root = cache_root()
+    """Datasets described in the served cache, by dataset key (a bundle only once verified)."""
+    return datasets_at(cache_root())
+
+
+def datasets_at(root: Path) -> dict[str, Dataset]:
+    """Datasets described in the cache or bundle at `root`; BundleError if it is a damaged bundle."""
+    from cbir.bundle import is_bundle
+
+    if is_bundle(root):
+        _verified_bundle(str(root), _stamp(root / "bundle.json"))
     stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
     return _datasets(str(root), stamp)
 
@@ -134,7 +141,28 @@ def _ranks(root: str, key: str, slug: str, stamp: int, method: Method) -> np.nda
     from cbir.rerank import rerank
     found = entry(key, method)
     graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
-    return rerank(method, found.db, found.queries, ranker=graph)
+    ranks = rerank(method, found.db, found.queries, ranker=graph)
+    return ranks.astype(np.int32) if ranks.shape[1] < 2**31 else ranks  # half the memory of int64
+
+
+def image_ranks(key: str, method: Method, index: int) -> np.ndarray:
+    """Full ranking of the database for database image `index` used as the query (whole image)."""
+    return _one_ranking(*_where(key, method), method, "db", index)
+
+
+def query_ranks(key: str, method: Method, q: int) -> np.ndarray:
+    """Full ranking of the database for query `q` alone: a page showing one query never ranks
+    all of them (thousands, when every image of a folder is a query)."""
+    return _one_ranking(*_where(key, method), method, "queries", q)
+
+
+@st.cache_resource(max_entries=64, show_spinner="Ranking...")
+def _one_ranking(root: str, key: str, slug: str, stamp: int, method: Method, side: str, index: int) -> np.ndarray:
+    from cbir.rerank import rerank
+    found = entry(key, method)
+    rows = found.db if side == "db" else found.queries
+    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
+    return rerank(method, found.db, rows[index:index + 1], ranker=graph)[0]
 
 
 def report(key: str, method: Method, protocol: str) -> dict:
@@ -148,17 +176,40 @@ def _report(root: str, key: str, slug: str, stamp: int, method: Method, protocol
     return evaluation_report(ranks(key, method), datasets()[key], protocol)
 
 
-def stored_report(key: str, method: Method, protocol: str) -> dict:
-    """`report`, read from the cache entry when computed before (the Overview's many methods:
-    a cold start then ranks nothing), else computed once and stored there."""
-    return _stored_report(*_where(key, method), method, protocol)
+def known_report(key: str, method: Method, protocol: str) -> dict | None:
+    """The Overview's report of `method` as stored in the cache entry, or None if not computed yet."""
+    from cbir.evaluation import report_path
+
+    where = _where(key, method)
+    path = report_path(Path(where[0]) / key / where[2], method, protocol)
+    return _known_report(*where, method, protocol, _stamp(path))
 
 
-@st.cache_data(max_entries=256, show_spinner="Evaluating...")
-def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str) -> dict:
-    from cbir.evaluation import stored_report as from_disk
-    return from_disk(datasets()[key], Path(root) / key / slug, manifest(key, method), method, protocol,
-                     lambda: ranks(key, method))
+@st.cache_data(max_entries=256, show_spinner=False)
+def _known_report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str,
+                  report_stamp: int) -> dict | None:
+    from cbir.evaluation import read_stored_report
+    return read_stored_report(Path(root) / key / slug, manifest(key, method), method, protocol)
+
+
+def stored_report(key: str, method: Method, protocol: str, progress=None) -> dict:
+    """`report`, read from the cache entry when computed before (a cold start then ranks
+    nothing), else computed in query blocks (bounded memory, `progress(done, total, what)`)
+    and stored there; kept in memory too, for a cache that cannot be written."""
+    return _stored_report(*_where(key, method), method, protocol, progress)
+
+
+@st.cache_data(max_entries=256, show_spinner=False)
+def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str,
+                   _progress=None) -> dict:
+    from cbir.evaluation import blocked_report, stored_report as from_disk
+
+    found = entry(key, method)
+    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
+    dataset = datasets()[key]
+    return from_disk(dataset, Path(root) / key / slug, manifest(key, method), method, protocol,
+                     lambda: blocked_report(method, found.db, found.queries, dataset, protocol, ranker=graph,
+                                            progress=_progress))
 
 
 def manifest(key: str, method: Method) -> dict:

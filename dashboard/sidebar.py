@@ -6,6 +6,7 @@ it explains, on one screen, how to get one, and stops the page.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import streamlit as st
 
@@ -27,6 +28,7 @@ class View:
     protocol: str
     methods: list[Method]
     options: dict[str, Method]  # every cached method by URL id, diffusion with the view's parameters
+    source: str = "cache"  # "demo" when serving the embedded demo
 
     @property
     def gnd(self) -> list[dict]:
@@ -55,8 +57,15 @@ def diffusion_params(n_db: int) -> dict:
     return params
 
 
+PAGES = (("app.py", "Overview"), ("pages/2_Query_explorer.py", "Query explorer"),
+         ("pages/3_Diffusion_lab.py", "Diffusion lab"), ("pages/4_Curves.py", "Curves"),
+         ("pages/5_Manifolds.py", "Manifolds"), ("pages/6_Toy_manifolds.py", "Toy manifolds"),
+         ("pages/7_Data_and_descriptors.py", "Data and descriptors"))
+SOURCE_NAMES = {"cache": "Your cache", "demo": "Embedded demo (Paris6k-250)"}
+
+
 def explain_no_data() -> None:
-    st.info(f"""**No descriptors yet.** The dashboard reads the cache in `{state.cache_root()}`
+    st.info(f"""**No descriptors yet.** The dashboard reads the cache in `{state.user_cache_root()}`
 (set `CBIR_CACHE_DIR` to change it; images are looked for under `{state.data_root()}`, set by
 `CBIR_DATA_DIR`). To fill it:
 
@@ -69,34 +78,74 @@ def explain_no_data() -> None:
 The **Toy manifolds** page works without any data.""")
 
 
+def navigation() -> None:
+    """The page links ("Overview" for app.py; Streamlit's own list would call it "app")."""
+    with st.sidebar:
+        for path, label in PAGES:
+            st.page_link(path, label=label)
+        st.divider()
+
+
+def sources() -> dict[str, Path]:
+    """The caches the user can choose from, in order: their own when it holds data, then the
+    embedded demo. A damaged bundle or demo is reported and left out, never served."""
+    from cbir.demo import demo_dir
+
+    found = {}
+    demo = demo_dir()
+    candidates = [("cache", state.user_cache_root())]
+    if demo is not None and demo.exists() and demo.resolve() != state.user_cache_root().resolve():
+        candidates.append(("demo", demo))
+    for name, root in candidates:
+        try:
+            if loaders.datasets_at(root):
+                found[name] = root
+        except BundleError as exc:
+            what = "the embedded demo" if name == "demo" else "this bundle"
+            st.error(f"Refusing to serve {what}: {exc}. Nothing from it is shown."
+                     + (" Rebuild it with `python -m cbir demo --root <Paris6k-250 folder>`, or restore "
+                        "it with `git checkout demo/`." if name == "demo" else ""))
+    return found
+
+
+def demo_notice() -> str:
+    from cbir.demo import DESCRIPTION
+    return (f"{DESCRIPTION} For the full benchmark (6392 images, 55 queries), download and extract it on "
+            "the **Data and descriptors** page.")
+
+
 def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = True) -> View | None:
-    """Page config, title and sidebar; None (page stopped if `needs_data`) when the cache is empty.
+    """Page config, title and sidebar; None (page stopped if `needs_data`) when there is no data.
 
     `diffusion_caption=False` for the page whose own sliders show (and change) those values.
     """
+    target = st.session_state.pop(state.OPEN_PAGE, None)
+    if target:
+        st.switch_page(target)
     st.set_page_config(page_title=f"{title} - cbir", layout="wide")
+    navigation()
     st.title(title)
-    try:
-        found = loaders.datasets()
-    except BundleError as exc:
-        st.error(f"Refusing to serve this bundle: {exc}")
-        if needs_data:
-            st.stop()
-        return None
-    if not found:
+    found_sources = sources()
+    if not found_sources:
         if needs_data:
             explain_no_data()
             st.stop()
         return None
+    with st.sidebar:
+        source = state.select("Data", "source", list(found_sources), what="data source",
+                              format_func=SOURCE_NAMES.get) if len(found_sources) > 1 else next(iter(found_sources))
+    state.serve(found_sources[source])
+    found = loaders.datasets()
     bundle = loaders.bundle_manifest()
     with st.sidebar:
-        if bundle is not None:
+        if source == "demo":
+            st.info(demo_notice())
+        elif bundle is not None:
             st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px "
                        "thumbnails): figures can differ from full-precision descriptors in the last "
-                       "digits; searching with your own image or extracting needs the original "
-                       "images and torch (requirements-extract.txt).")
-        key = state.select("Dataset", "dataset", list(found), what="dataset",
-                           format_func=lambda k: f"{found[k].name} ({k})")
+                       "digits; extracting needs the original images and torch (requirements-extract.txt).")
+        names = dataset_names(found)
+        key = state.select("Dataset", "dataset", list(found), what="dataset", format_func=names.get)
         dataset = found[key]
         st.caption(dataset.status_line())
         protocol = state.select("Protocol", "protocol", list(dataset.protocols), what="protocol")
@@ -104,7 +153,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         options = {i: m.with_rerank("diffusion", **params) if m.rerank == "diffusion" else m
                    for i, m in loaders.method_options(key).items()}
         if not options:
-            st.warning(f"No descriptors for {key} in {state.cache_root()}: extract some on the "
+            st.warning(f"No descriptors for {names[key]} in {state.cache_root()}: extract some on the "
                        "Data and descriptors page.")
         plain = [i for i, m in options.items() if m.rerank == "none"]
         first = next((i for i in plain if options[i].pooling == "rmac"), plain[0] if plain else None)
@@ -117,13 +166,22 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         for name, value in params.items():
             state.publish(name, value)
     if dataset.partial:
-        st.caption(f"{dataset.name}: {dataset.status_line()}. {NOT_COMPARABLE}")
+        st.caption(f"{dataset.display_name()}: {dataset.status_line()}. {NOT_COMPARABLE}")
     methods = [options[i] for i in chosen]
-    view = View(key, dataset, protocol, methods, options)
+    view = View(key, dataset, protocol, methods, options, source)
     if not methods and needs_data:
         st.info("Choose at least one method in the sidebar.")
         st.stop()
     return view
+
+
+def dataset_names(found: dict[str, Dataset]) -> dict[str, str]:
+    """Display name per dataset key; copies with the same name are told apart by their folder."""
+    names = {key: d.display_name() for key, d in found.items()}
+    for key, dataset in found.items():
+        if list(names.values()).count(names[key]) > 1:
+            names[key] = f"{names[key]} in {dataset.root or key}"
+    return names
 
 
 def query_select(view: View, label: str = "Query") -> int:

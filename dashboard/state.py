@@ -17,14 +17,29 @@ import streamlit as st
 
 VIEW = "_view"
 SEEN = "_url_seen"
+SERVED = "_served_root"
+OPEN_PAGE = "_open_page"  # set by a callback: the page to switch to on the next run
+IMAGE_QUERY = "image"  # view key: a database image used as the query
+EXPLORER = "pages/2_Query_explorer.py"
 
 
 def data_root() -> Path:
     return Path(os.environ.get("CBIR_DATA_DIR", "data"))
 
 
-def cache_root() -> Path:
+def user_cache_root() -> Path:
+    """The user's own cache (`CBIR_CACHE_DIR`, default `cache/`): where extraction writes."""
     return Path(os.environ.get("CBIR_CACHE_DIR", "cache"))
+
+
+def cache_root() -> Path:
+    """The cache (or bundle) the pages serve: the user's own, or the embedded demo when chosen."""
+    return Path(st.session_state.get(SERVED, user_cache_root()))
+
+
+def serve(root: Path) -> None:
+    """Make `root` the cache every loader and gallery of this run reads."""
+    st.session_state[SERVED] = str(root)
 
 
 def _as_url(value: Any) -> list[str]:
@@ -49,6 +64,20 @@ def publish(key: str, value: Any) -> None:
     st.session_state.setdefault(SEEN, {})[key] = raw
     if st.query_params.get_all(key) != raw:
         st.query_params[key] = raw if isinstance(value, (list, tuple)) else raw[0]
+
+
+def open_in_explorer(**values: Any) -> None:
+    """Switch to the Query explorer with these view values (e.g. a clicked method)."""
+    for key, value in values.items():
+        st.session_state.setdefault(VIEW, {})[key] = value
+        st.session_state.pop(f"w_{key}", None)
+    st.switch_page(EXPLORER)
+
+
+def set_view(key: str, value: Any) -> None:
+    """Change a view value from a callback (e.g. a chart click): the widget takes it on the next run."""
+    st.session_state.setdefault(VIEW, {})[key] = value
+    st.session_state[f"w_{key}"] = value
 
 
 def view_value(key: str, default: Any, parse: Callable[[list[str]], Any]) -> Any:

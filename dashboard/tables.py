@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import pandas as pd
+import streamlit as st
 
 from cbir.cache import CacheError
 from cbir.method import Method
-from cbir.study import published_for
+from cbir.study import published_for, study_columns
 
 from . import loaders
 
@@ -24,16 +25,26 @@ def percent(x: float | None) -> float | None:
     return None if x is None else 100.0 * x
 
 
-def overview(key: str, dataset_name: str, methods: list[Method], protocol: str
-             ) -> tuple[pd.DataFrame, list[str]]:
-    """One row per method; entries that fail validation are left out and reported."""
-    rows, errors = [], []
+HEADLINE = ["method", "mAP", "mP@1", "mP@5", "mP@10", "seed mAP@10", "study mAP@10", "seed mAP@100",
+            "study mAP@100", "seed mAP (all)", "study mAP (all)", "study row", "dim", "study dim", "params (M)",
+            "published mAP", "published source", "backbone", "pooling", "whitening", "re-ranking", "id"]
+
+
+def overview(key: str, dataset_name: str, methods: list[Method], protocol: str, computed: dict | None = None
+             ) -> tuple[pd.DataFrame, list[str], list[Method]]:
+    """One row per method whose evaluation is stored (or in `computed`), best reference mAP first,
+    each seed column beside the study's figure; the methods still to evaluate; entries that
+    fail validation are left out and reported."""
+    rows, errors, pending = [], [], []
     for method in methods:
         try:
             manifest = loaders.manifest(key, method)
-            report = loaders.stored_report(key, method, protocol)
+            report = (computed or {}).get(method) or loaders.known_report(key, method, protocol)
         except CacheError as exc:
             errors.append(str(exc))
+            continue
+        if report is None:
+            pending.append(method)
             continue
         published = published_for(dataset_name, method)
         n_params = (manifest.get("backbone") or {}).get("n_params")
@@ -44,13 +55,34 @@ def overview(key: str, dataset_name: str, methods: list[Method], protocol: str
             "whitening": method.whitening,
             "re-ranking": method.rerank,
             **{column: percent(report[name]) for column, name in METRICS.items()},
+            **study_columns(dataset_name, method),
             "dim": int(manifest["dim"]),
             "params (M)": None if n_params is None else n_params / 1e6,
             "published mAP": None if published is None else published.map,
             "published source": "" if published is None else published.source,
             "id": loaders.method_id(method),
         })
-    return pd.DataFrame(rows), errors
+    table = pd.DataFrame(rows, columns=HEADLINE)
+    return table.sort_values("mAP", ascending=False, kind="stable", ignore_index=True), errors, pending
+
+
+def evaluate_pending(key: str, pending: list[Method], protocol: str) -> tuple[dict, list[str]]:
+    """Evaluate and store what the Overview lacks, one progress bar per method: the reports, the errors."""
+    reports, errors = {}, []
+    with st.status(f"Evaluating {len(pending)} methods (once: the results are stored in the cache)...",
+                   expanded=True) as status:
+        for i, method in enumerate(pending, 1):
+            bar = st.progress(0.0, text=f"{i}/{len(pending)} {method.label()}")
+
+            def progress(done: int, total: int, what: str, bar=bar, i=i) -> None:
+                bar.progress(done / max(total, 1), text=f"{i}/{len(pending)} {what}: {done} / {total} queries")
+            try:
+                reports[method] = loaders.stored_report(key, method, protocol, progress=progress)
+            except (CacheError, ValueError) as exc:
+                errors.append(f"{method.label()}: {exc}")
+            bar.progress(1.0, text=f"{i}/{len(pending)} {method.label()}: done")
+        status.update(label=f"Evaluated {len(pending)} methods", state="complete", expanded=False)
+    return reports, errors
 
 
 def per_query(view, methods: list[Method]) -> pd.DataFrame:

@@ -2,52 +2,105 @@
 import streamlit as st
 
 from cbir.cache import CacheError
+from cbir.metrics import compute_map
 from dashboard import gallery, loaders, sidebar, state, upload
+
+PICKER_PAGE = 48
 
 view = sidebar.open_page("Query explorer")
 dataset = view.dataset
-q = sidebar.query_select(view)
-query = dataset.queries[q]
+
+
+def image_query() -> int | None:
+    """The database image chosen with "use as query" (kept in the URL as `image=`), if any."""
+    def parse(raw: list[str]) -> str:
+        if raw[-1] and raw[-1] not in dataset.images:
+            raise ValueError(f"no database image {raw[-1]!r} in {dataset.display_name()}")
+        return raw[-1]
+    name = state.view_value(state.IMAGE_QUERY, "", parse)
+    if name and name in dataset.images:
+        state.publish(state.IMAGE_QUERY, name)
+        return dataset.images.index(name)
+    if state.IMAGE_QUERY in st.query_params:
+        del st.query_params[state.IMAGE_QUERY]
+    return None
 
 
 def pick(name: str) -> None:
     st.session_state["w_query"] = name
+    state.set_view(state.IMAGE_QUERY, "")
 
 
-with st.expander("All queries (click one to explore it)", expanded=False):
-    with st.container(horizontal=True):
-        for i, other in enumerate(dataset.queries):
-            with st.container(width=130):
-                st.image(gallery.thumbnail(dataset, view.key, other.path, other.name, 120, other.bbox),
-                         width=120)
-                st.button(other.name, key=f"pick_{i}", on_click=pick, args=(other.name,),
-                          type="primary" if i == q else "secondary")
+def query_page(current: int) -> list[int]:
+    """The queries whose name or class matches the search box, one page of PICKER_PAGE at a time
+    (a folder where every image is a query has thousands)."""
+    text = st.text_input("Search queries by name or class", key="query_search").strip().lower()
+    matching = [i for i, other in enumerate(dataset.queries)
+                if not text or text in other.name.lower() or text in dataset.query_label(i).lower()]
+    pages = max(1, -(-len(matching) // PICKER_PAGE))
+    page = 1
+    if pages > 1:
+        start = matching.index(current) // PICKER_PAGE + 1 if current in matching and not text else 1
+        page = st.number_input(f"Page (of {pages}; {len(matching)} queries)", 1, pages, start, key="query_page")
+    elif text:
+        st.caption(f"{len(matching)} matching queries")
+    return matching[(page - 1) * PICKER_PAGE:page * PICKER_PAGE]
+
 
 top = state.slider("Results shown", "top", 5, 50, 10, 1)
+image = image_query()
 head, info = st.columns([1, 3])
-with head:
-    st.image(gallery.framed(gallery.thumbnail(dataset, view.key, query.path, query.name, 240, query.bbox),
-                            "query"), caption=f"query {query.name} ({dataset.labels[query.index]})"
-             if query.index >= 0 else f"query {query.name}")
-with info:
+if image is None:
+    q = sidebar.query_select(view)
+    query = dataset.queries[q]
+    with st.expander("All queries (click one to explore it)", expanded=False):
+        shown = query_page(q)
+        with st.container(horizontal=True):
+            for i in shown:
+                other = dataset.queries[i]
+                with st.container(width=130):
+                    st.image(gallery.thumbnail(dataset, view.key, other.path, other.name, 120, other.bbox),
+                             width=120)
+                    st.button(other.name, key=f"pick_{i}", on_click=pick, args=(other.name,),
+                              type="primary" if i == q else "secondary")
     gnd = view.gnd[q]
-    st.markdown(f"**{len(gnd['ok'])}** positives, **{len(gnd.get('junk', []))}** junk "
-                f"({view.protocol} protocol). Frames: green = positive, red = negative, "
-                "grey = junk (neither hit nor miss). The box is the query region that was described.")
+    with head:
+        st.image(gallery.framed(gallery.thumbnail(dataset, view.key, query.path, query.name, 240, query.bbox),
+                                "query"), caption=f"query {query.name} ({dataset.labels[query.index]})"
+                 if query.index >= 0 else f"query {query.name}")
+    with info:
+        st.markdown(f"**{len(gnd['ok'])}** positives, **{len(gnd.get('junk', []))}** junk "
+                    f"({view.protocol} protocol). Frames: green = positive, red = negative, "
+                    "grey = junk (neither hit nor miss). The box is the query region that was described. "
+                    "\"use as query\" under a result makes that image the query.")
+else:
+    gnd, judged = dataset.image_as_query_truth(view.protocol, image)
+    name = dataset.images[image]
+    with head:
+        st.image(gallery.framed(gallery.thumbnail(dataset, view.key, dataset.paths[image], name, 240), "query"),
+                 caption=f"database image {name} as the query")
+    with info:
+        st.markdown(f"**Database image {name}** is the query (the whole image). Ranking: each chosen "
+                    f"method's descriptor of this image against the database. Frames: {judged}.")
+        st.button("Back to the benchmark queries", on_click=state.set_view, args=(state.IMAGE_QUERY, ""))
 
-for column, method in zip(st.columns(len(view.methods)), view.methods):
+for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.methods)):
     with column:
         st.markdown(f"**{method.label()}**")
         try:
-            report = loaders.report(view.key, method, view.protocol)
-            ranking = loaders.ranks(view.key, method)[q]
+            ranking = (loaders.query_ranks(view.key, method, q) if image is None
+                       else loaders.image_ranks(view.key, method, image))
+            ap = None if gnd is None else compute_map(ranking[None, :], [gnd])["aps"][0]
         except CacheError as exc:
             st.error(str(exc))
             continue
-        ap = report["per_query"][q]["ap"]
-        st.metric("AP", "n/a (no positives)" if ap is None else f"{100 * ap:.2f}",
-                  help="reference AP of this query, percent")
-        gallery.draw(dataset, view.key, gallery.tiles(ranking, gnd, len(dataset.images), top))
+        if gnd is not None:
+            st.metric("AP", "n/a (no positives)" if ap is None or ap != ap else f"{100 * ap:.2f}",
+                      help="reference AP of this query, percent")
+            shown = gallery.tiles(ranking, gnd, len(dataset.images), top)
+        else:
+            shown = [gallery.Tile(int(i), r + 1, "unjudged") for r, i in enumerate(ranking[:top])]
+        gallery.draw(dataset, view.key, shown, as_query=f"use{m}")
 
 st.divider()
 st.subheader("Your own image as a query")

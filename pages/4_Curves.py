@@ -11,6 +11,8 @@ from cbir.metrics import pr_curves, precision_at_k_curves
 from dashboard import loaders, sidebar, state, tables
 
 KMAX = 100
+MANY_QUERIES = 300  # beyond this, per-query lines are sampled and per-query bars aggregate by class
+SAMPLED_LINES = 40
 
 view = sidebar.open_page("Curves")
 dataset = view.dataset
@@ -23,6 +25,12 @@ except CacheError as exc:
     st.stop()
 kmax = min(KMAX, len(dataset.images))
 colours = ["#1f77b4", "#d62728", "#2ca02c"]
+many = len(names) > MANY_QUERIES
+drawn = (set(np.random.default_rng(0).choice(len(names), SAMPLED_LINES, replace=False).tolist())
+         if many else set(range(len(names))))
+if many:
+    st.caption(f"{len(names)} queries: the thin lines are {SAMPLED_LINES} sampled queries; the bold means are "
+               "over all of them, and per-query AP is summarised per class.")
 
 left, right = st.columns(2)
 with left:
@@ -30,7 +38,9 @@ with left:
     for colour, method in zip(colours, view.methods):
         curves = precision_at_k_curves(ranking[method], view.gnd, kmax)
         ks = np.arange(1, kmax + 1)
-        for name, curve in zip(names, curves):
+        for i, (name, curve) in enumerate(zip(names, curves)):
+            if i not in drawn:
+                continue
             figure.add_scatter(x=ks, y=curve, mode="lines", line={"color": colour, "width": 0.6},
                                opacity=0.25, name=name, legendgroup=method.label(), showlegend=False)
         figure.add_scatter(x=ks, y=np.nanmean(curves, axis=0), mode="lines", line={"color": colour, "width": 3},
@@ -43,11 +53,14 @@ with right:
     figure = go.Figure()
     grid = np.linspace(0, 1, 101)
     for colour, method in zip(colours, view.methods):
-        curves = [(name, c) for name, c in zip(names, pr_curves(ranking[method], view.gnd)) if c[0].size]
-        for name, (recall, precision) in curves:
+        curves = [(i, name, c) for i, (name, c) in enumerate(zip(names, pr_curves(ranking[method], view.gnd)))
+                  if c[0].size]
+        for i, name, (recall, precision) in curves:
+            if i not in drawn:
+                continue
             figure.add_scatter(x=recall, y=precision, mode="lines", line={"color": colour, "width": 0.6},
                                opacity=0.25, name=name, legendgroup=method.label(), showlegend=False)
-        mean = np.mean([np.interp(grid, r, p, right=0.0) for _, (r, p) in curves], axis=0) if curves else grid * 0
+        mean = np.mean([np.interp(grid, r, p, right=0.0) for _, _, (r, p) in curves], axis=0) if curves else grid * 0
         figure.add_scatter(x=grid, y=mean, mode="lines", line={"color": colour, "width": 3},
                            name=f"mean: {method.label()}", legendgroup=method.label())
     figure.update_layout(title="Precision-recall (the curves the reference AP integrates)",
@@ -57,10 +70,20 @@ with right:
     st.caption("Bold: the mean of the per-query curves, linearly interpolated on a recall grid.")
 
 first = view.methods[0].label()
-st.subheader(f"Per-query AP, sorted ({first})")
-order = ap[first].sort_values(ascending=False)
-st.plotly_chart(go.Figure(go.Bar(x=order.index, y=order.values)).update_layout(
-    yaxis_title="AP %", height=360, margin={"t": 20}), key="ap_bars")
+if many:
+    st.subheader(f"AP per class ({first}): distribution over each class's queries")
+    classes = pd.Series([dataset.query_label(i) for i in range(len(names))], index=names)
+    by_class = ap[first].groupby(classes)
+    order = by_class.median().sort_values(ascending=False).index
+    figure = go.Figure()
+    for label in order:
+        figure.add_box(y=by_class.get_group(label).values, name=str(label), boxpoints=False, showlegend=False)
+    st.plotly_chart(figure.update_layout(yaxis_title="AP %", height=380, margin={"t": 20}), key="ap_bars")
+else:
+    st.subheader(f"Per-query AP, sorted ({first})")
+    order = ap[first].sort_values(ascending=False)
+    st.plotly_chart(go.Figure(go.Bar(x=order.index, y=order.values)).update_layout(
+        yaxis_title="AP %", height=360, margin={"t": 20}), key="ap_bars")
 
 if len(view.methods) >= 2:
     label = {loaders.method_id(m): m.label() for m in view.methods}
@@ -69,10 +92,14 @@ if len(view.methods) >= 2:
     b = state.select("Method B", "compare_b", ids, default=ids[1], format_func=label.get)
     difference = (ap[label[b]] - ap[label[a]]).dropna().sort_values()
     st.subheader("AP difference B - A per query")
-    st.plotly_chart(go.Figure(go.Bar(
-        x=difference.index, y=difference.values,
-        marker_color=["#2ca02c" if d > 0 else "#d62728" for d in difference.values])).update_layout(
-        yaxis_title="AP difference (points)", height=360, margin={"t": 20}), key="ap_diff")
+    if many:
+        chart = go.Figure(go.Histogram(x=difference.values, nbinsx=60)).update_layout(
+            xaxis_title="AP difference (points)", yaxis_title="queries")
+    else:
+        chart = go.Figure(go.Bar(x=difference.index, y=difference.values,
+                                 marker_color=["#2ca02c" if d > 0 else "#d62728" for d in difference.values]
+                                 )).update_layout(yaxis_title="AP difference (points)")
+    st.plotly_chart(chart.update_layout(height=360, margin={"t": 20}), key="ap_diff")
     st.markdown(f"B better on **{int((difference > 0).sum())}** queries, worse on "
                 f"**{int((difference < 0).sum())}**, equal on **{int((difference == 0).sum())}**.")
 

@@ -54,7 +54,7 @@ elif st.button("Recompute layouts"):
     found = loaders.layouts(view.key, base, k, gamma, alpha)
 
 top = state.slider("Top-k shown", "top", 5, 50, 10, 1)
-ranking = loaders.ranks(view.key, method)[q]
+ranking = loaders.query_ranks(view.key, method, q)
 query = dataset.queries[q]
 positives = np.asarray(view.gnd[q]["ok"], dtype=np.int64)
 labels = np.asarray(dataset.labels)
@@ -103,7 +103,9 @@ if selected:
     st.subheader(f"{len(selected)} selected images")
     relevance = gallery.relevance(view.gnd[q], len(dataset.images))
     rank_of = gallery.positions(ranking)
-    gallery.draw(dataset, view.key, [gallery.Tile(i, int(rank_of[i]), relevance[i]) for i in selected[:40]])
+    gallery.draw(dataset, view.key, [gallery.Tile(i, int(rank_of[i]), relevance[i]) for i in selected[:40]],
+                 as_query="manifold")
 else:
     st.caption("Select points with the lasso, the box or a click to see those images here "
-               "(frames relative to the chosen query; # is the image's rank for it).")
+               "(frames relative to the chosen query; # is the image's rank for it); \"use as query\" under an "
+               "image opens it as the query in the Query explorer.")

@@ -18,8 +18,9 @@ from dashboard import gallery, loaders, sidebar, state
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
 KINDS = BENCHMARKS + ("folder",)
 
-sidebar.open_page("Data and descriptors", needs_data=False)
-data_root, cache_root = state.data_root(), state.cache_root()
+view = sidebar.open_page("Data and descriptors", needs_data=False)
+data_root, cache_root = state.data_root(), state.user_cache_root()
+served = state.cache_root()
 
 
 def inside_data_root(text: str) -> Path | None:
@@ -40,15 +41,20 @@ if folders:
 else:
     st.info(f"No dataset folders under {data_root.resolve()} yet.")
 
-st.subheader(f"Cache `{cache_root}`")
-found = loaders.datasets()
+if view is not None and view.source == "demo":
+    st.subheader(f"Serving the embedded demo `{served}` (read-only)")
+    st.info(f"{sidebar.demo_notice()} Extraction below writes into your cache `{cache_root}`, which then "
+            "comes first in the sidebar (\"Data\").")
+else:
+    st.subheader(f"Cache `{served}`")
+found = loaders.datasets() if view is not None else {}
 if not found:
     sidebar.explain_no_data()
 for key, dataset in found.items():
-    with st.expander(f"{dataset.name} ({key}): {dataset.status_line()}", expanded=len(found) == 1):
+    with st.expander(f"{dataset.display_name()}: {dataset.status_line()}", expanded=len(found) == 1):
         rows = []
         for method in loaders.descriptor_methods(key):
-            path = cache_root / key / method.slug()
+            path = served / key / method.slug()
             try:
                 manifest = read_manifest(path)
                 rows.append({"method": method.label(), "dim": manifest.get("dim"), "dtype": manifest.get("dtype"),
@@ -59,7 +65,7 @@ for key, dataset in found.items():
         if st.button("Verify checksums", key=f"verify_{key}"):
             for method in loaders.descriptor_methods(key):
                 try:
-                    load_entry(cache_root, dataset, method, verify=True)
+                    load_entry(served, dataset, method, verify=True)
                     st.success(f"{method.slug()}: valid")
                 except CacheError as exc:
                     st.error(str(exc))

@@ -61,3 +61,14 @@ def build(tmp: Path) -> tuple[Path, Path, Dataset]:
     dataset = make_dataset(data_dir)
     make_cache(cache_dir, dataset)
     return data_dir, cache_dir, dataset
+
+
+def assert_every_page_renders(at, repo: Path, layouts: bool = True) -> None:
+    """Switch `at` (an AppTest already run) to every page: no exception, no error, and (with
+    `layouts`) the stored UMAP layouts found."""
+    for page in sorted(repo.glob("pages/*.py")):
+        at.switch_page(str(page.relative_to(repo))).run()
+        assert not at.exception, (page.name, [e.value for e in at.exception])
+        assert not at.error, (page.name, [e.value for e in at.error])
+        if layouts and page.name == "5_Manifolds.py":
+            assert not any("not computed yet" in i.value for i in at.info), "stored layouts not found"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from dataclasses import replace
@@ -97,6 +98,19 @@ def test_overview_table_equals_cbir_evaluation(site):
             assert row["dim"] == 32
     assert table["mAP"].nunique() > 1  # the methods really differ
     assert at.get("download_button")
+    assert list(table.columns[:2]) == ["method", "mAP"]  # the headline is the first figure
+    assert list(table["mAP"]) == sorted(table["mAP"], reverse=True)
+    (chart,) = [c for c in at.get("plotly_chart")]
+    bars = json.loads(chart.proto.spec)["data"]
+    assert sorted(i for bar in bars for i in bar["customdata"]) == sorted(table["id"])
+    assert {bar["name"] for bar in bars} == {"MAC", "R-MAC"}  # one colour per pooling
+
+    clicked = f"{METHODS[0].slug()}+aqe"  # a click on a bar opens that method in the explorer
+    at.session_state["overview_chart"] = {"selection": {"points": [{"customdata": clicked}],
+                                                        "point_indices": [0], "box": [], "lasso": []}}
+    at.run()
+    no_exception(at)
+    assert at.title[0].value == "Query explorer" and url(at, "methods") == [clicked]
 
 
 def test_overview_shows_published_numbers_where_the_method_matches(site):
@@ -152,6 +166,42 @@ def test_explorer_query_picker_button_selects_that_query(site):
     no_exception(at)
     assert url(at, "query") == [dataset.queries[4].name]
     assert any(c.startswith(f"query {dataset.queries[4].name}") for c in captions(at))
+
+
+def test_any_database_image_can_be_the_query(site):
+    """"use as query" under a result ranks the database for that image; an image that is no
+    benchmark query is unjudged (amber), one that is a query is judged by its ground truth."""
+    _, cache_dir, dataset = site
+    at = app(PAGES[0], methods=[METHODS[1].slug()])
+    first = ranking(dataset, cache_dir, METHODS[1])[0][0]
+    at.button(key=f"use0_{first}").click().run()
+    no_exception(at)
+    assert url(at, "image") == [dataset.images[first]]
+    assert f"database image {dataset.images[first]} as the query" in captions(at)
+
+    plain = dataset.images.index("arch_02")  # not one of the benchmark's queries
+    at = app(PAGES[0], image="arch_02", methods=[METHODS[1].slug()])
+    no_exception(at)
+    entry = load_entry(cache_dir, dataset, METHODS[1])
+    order = rerank(METHODS[1], entry.db, entry.db[plain:plain + 1])[0][:10]
+    assert gallery_captions(at) == [f"#{r} {dataset.images[i]} [unjudged]" for r, i in enumerate(order, 1)]
+    assert not at.metric  # no AP without ground truth
+    assert any("amber (unjudged)" in m.value for m in at.markdown)
+
+    at.button[[b.label for b in at.button].index("Back to the benchmark queries")].click().run()
+    no_exception(at)
+    assert "image" not in at.query_params and any(c.startswith("query ") for c in captions(at))
+
+    judged = dataset.queries[3].index  # a benchmark query's own image: its ground truth applies
+    at = app(PAGES[0], image=dataset.images[judged], methods=[METHODS[1].slug()])
+    assert "[unjudged]" not in " ".join(gallery_captions(at)) and at.metric
+
+
+def test_image_as_query_truth_by_class_label():
+    from cbir.data import Dataset
+    ds = Dataset("own", "", ["a0", "a1", "b0"], ["a0", "a1", "b0"], ["a", "a", "b"], [], {"class": []}, 3, 0)
+    gnd, judged = ds.image_as_query_truth("class", 0)
+    assert gnd["ok"].tolist() == [1] and gnd["junk"].tolist() == [0] and "class label" in judged
 
 
 def test_diffusion_lab_slider_changes_the_map_shown(site):
@@ -244,6 +294,7 @@ def test_manifolds_compute_on_request_then_show_selected_images(site, monkeypatc
 def test_toy_page_works_without_any_data(tmp_path, monkeypatch):
     monkeypatch.setenv("CBIR_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CBIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CBIR_DEMO_DIR", "")  # no embedded demo either
     at = app()
     no_exception(at)
     assert "No descriptors yet" in at.info[0].value
@@ -390,3 +441,46 @@ def test_uploaded_image_gets_the_descriptor_the_cache_has_for_it(tmp_path):
     for method in methods + whitened:
         described = upload.describe(data, query.path, box, method, cached[method])
         np.testing.assert_allclose(described[0], cached[method].queries[2], atol=1e-5)
+
+
+def test_a_folder_where_every_image_is_a_query_renders_every_page(tmp_path, monkeypatch):
+    """600 images in 15 classes, each a query (self junk): every page renders, the Overview
+    evaluates with progress and stores its results, the picker pages, Curves aggregate by class."""
+    import time
+
+    from cbir.cache import save_entry
+    from cbir.data import Dataset, Query
+    from cbir.method import Method
+    from dashboard_fixture import assert_every_page_renders
+    from synthetic import clustered_unit_vectors
+
+    n = 600
+    db, labels = clustered_unit_vectors(n, 32, 15, noise=1.0, seed=1)
+    names = [f"obj{c:02d}__{i:04d}" for i, c in enumerate(labels)]
+    gnd = [{"ok": np.flatnonzero((labels == labels[i]) & (np.arange(n) != i)), "junk": np.array([i])}
+           for i in range(n)]
+    dataset = Dataset("own", str(tmp_path / "data" / "own"), names, [f"{x}.png" for x in names],
+                      [f"obj{c:02d}" for c in labels], [Query(x, i, f"{x}.png") for i, x in enumerate(names)],
+                      {"class": gnd}, n, n)
+    method = Method(pooling="gem", size=128)
+    save_entry(tmp_path / "cache", dataset, method, db, db)
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("CBIR_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CBIR_DEMO_DIR", "")
+    monkeypatch.chdir(REPO)
+    start = time.perf_counter()
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180).run()
+    no_exception(at)
+    assert len(at.dataframe[0].value) == 3 and at.get("status")  # progress was shown
+    assert len(list((tmp_path / "cache").glob("*/*/report-class-*.json"))) == 3  # stored for next time
+    at.switch_page(PAGES[0]).run()
+    no_exception(at)
+    assert sum(b.label.startswith("obj") for b in at.button) == 48  # one page of the picker, not 600
+    at.text_input(key="query_search").set_value("obj03").run()
+    assert all(b.label.startswith("obj03") for b in at.button if b.label.startswith("obj"))
+    at.switch_page(PAGES[2]).run()
+    no_exception(at)
+    per_class = json.loads(at.get("plotly_chart")[2].proto.spec)["data"]
+    assert len(per_class) == 15 and per_class[0]["type"] == "box"
+    assert_every_page_renders(at, REPO, layouts=False)
+    assert time.perf_counter() - start < 600

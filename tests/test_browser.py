@@ -98,17 +98,23 @@ def view_params(dataset, **extra) -> str:
                       **extra}, doseq=True)
 
 
+def rendered(browser, server: Server, path: str, query: str, shot: str):
+    """The page at `path?query`, settled, screenshot taken, with no exception and its title shown."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.goto(f"{server.url}/{path}?{query}")
+    settled(page)
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(SHOTS / f"{shot}.png"), full_page=True)
+    assert page.locator("[data-testid='stException']").count() == 0
+    assert page.locator("h1").first.inner_text().strip() == PAGES[path]
+    return page
+
+
 @pytest.mark.parametrize("path", list(PAGES))
 def test_deep_link_on_a_fresh_server_renders_the_page_with_the_url_state(site, browser, path):
     env, dataset = site
     with Server(env) as server:
-        page = browser.new_page(viewport={"width": 1400, "height": 1000})
-        page.goto(f"{server.url}/{path}?{view_params(dataset)}")
-        settled(page)
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SHOTS / f"{path or 'Overview'}.png"), full_page=True)
-        assert page.locator("[data-testid='stException']").count() == 0
-        assert page.locator("h1").first.inner_text().strip() == PAGES[path]
+        page = rendered(browser, server, path, view_params(dataset), path or "Overview")
         sidebar = page.locator("[data-testid='stSidebar']")
         assert METHODS[1].label() in sidebar.inner_text()  # the URL's methods, not the default
         if path in ("Query_explorer", "Diffusion_lab", "Manifolds"):
@@ -157,3 +163,27 @@ def test_a_non_image_upload_shows_a_clear_message(site, browser, server):
     assert "holiday.jpg: not a readable image" in page.locator("[data-testid='stAlertContentError']").inner_text()
     assert page.locator("[data-testid='stException']").count() == 0
     page.close()
+
+
+@pytest.fixture(scope="module")
+def fresh_clone(tmp_path_factory):
+    """A user's clone: empty cache, no data, the committed demo."""
+    root = tmp_path_factory.mktemp("clone")
+    return {"CBIR_DATA_DIR": str(root / "data"), "CBIR_CACHE_DIR": str(root / "cache")}
+
+
+@pytest.mark.parametrize("path", list(PAGES))
+def test_a_fresh_clone_serves_the_demo_on_a_deep_link(fresh_clone, browser, path):
+    from cbir.cache import list_datasets
+    from cbir.demo import DEMO_DIR
+
+    (dataset,) = list_datasets(DEMO_DIR).values()
+    with Server({**fresh_clone, "CBIR_DEMO_DIR": str(DEMO_DIR)}) as server:
+        page = rendered(browser, server, path, urlencode({"query": dataset.queries[5].name}),
+                        f"demo-{path or 'Overview'}")
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0
+        sidebar = page.locator("[data-testid='stSidebar']")
+        assert "Overview" in sidebar.inner_text() and "Demo: 250 of the 6392 Paris6k images" in sidebar.inner_text()
+        if path in ("Query_explorer", "Manifolds"):
+            assert page.locator("input[aria-label='Query']").input_value() == dataset.queries[5].name
+        page.close()

@@ -7,12 +7,12 @@ import pytest
 
 from cbir.bundle import BundleError, build_bundle, thumbnail_path, verify_bundle
 from cbir.cache import CacheError, dataset_dir, list_datasets, load_entry
-from cbir.evaluation import overview_methods, stored_report
+from cbir.evaluation import overview_methods, stored_diffusion_grid, stored_report
 from cbir.metrics import evaluation_report
 from cbir.method import Method
 from cbir.report import study_tables, to_csv, to_markdown
 from cbir.rerank import rerank
-from cbir.study import published_for, seed_study_for
+from cbir.study import ODD_ROWS, SEED_TABLE, published_for, study_row_for
 
 from dashboard_fixture import METHODS, build
 
@@ -161,26 +161,49 @@ def test_study_tables(small):
     cache_dir, dataset = small
     methods = [METHODS[0], METHODS[1], METHODS[1].with_rerank("diffusion", k=5)]
     tables = study_tables(dataset, cache_dir, methods, "original")
-    assert list(tables) == ["Table 1: baseline poolings", "Table 2: R-MAC", "Table 3: R-MAC + diffusion"]
+    assert list(tables) == ["Table 1: baseline poolings", "Table 2: R-MAC",
+                            "Table 3: R-MAC + diffusion (alpha=0.99, k=5)"]
     entry = load_entry(cache_dir, dataset, methods[2])
     expected = evaluation_report(rerank(methods[2], entry.db, entry.queries), dataset, "original")
-    row = tables["Table 3: R-MAC + diffusion"][0]
+    row = tables["Table 3: R-MAC + diffusion (alpha=0.99, k=5)"][0]
     assert row["mAP"] == pytest.approx(100 * expected["mAP"], abs=0.01)
     assert row["seed mAP@10"] == pytest.approx(100 * expected["seed_mAP@10"], abs=0.01)
     assert row["published mAP"] is None
     markdown = to_markdown(tables, dataset, "original")
     assert "## Table 2: R-MAC" in markdown and f"{row['mAP']:.2f}" in markdown
     assert to_csv(tables).count("\n") == 4
-    assert row["seed study mAP (EfficientNet-B1)"] is None  # a dataset other than paris6k
+    assert row["study mAP (all)"] is None and row["study row"] is None  # a dataset other than paris6k
 
 
-def test_seed_study_figures_sit_beside_any_backbone():
-    assert seed_study_for(Method(backbone="vgg16", pooling="spoc")).map == 68.7
-    assert seed_study_for(Method(pooling="rmac")).map == 74.4
-    assert seed_study_for(Method(pooling="rmac", rerank="diffusion")).map == 86.0
-    assert seed_study_for(Method(pooling="gem")) is None
-    assert seed_study_for(Method(pooling="rmac", whitening="pca", whiten_on="oxford5k")) is None
-    assert seed_study_for(Method(pooling="spoc", weights="random")) is None
+def test_diffusion_table_adds_the_best_stored_grid_point_labelled_as_tuned(small):
+    cache_dir, dataset = small
+    entry = load_entry(cache_dir, dataset, METHODS[1])
+    grid = stored_diffusion_grid(dataset, entry, "original", alphas=(0.5, 0.9), ks=(3, 5, 8))
+    best = np.unravel_index(int(np.argmax(grid["map"])), (2, 3))
+    alpha, k = (0.5, 0.9)[best[0]], (3, 5, 8)[best[1]]
+    worst_k = next(kk for kk in (3, 5, 8) if kk != k)
+    used = METHODS[1].with_rerank("diffusion", alpha=alpha, k=worst_k)
+    (title, rows), = [t for t in study_tables(dataset, cache_dir, [used], "original").items()]
+    assert title == f"Table 3: R-MAC + diffusion (alpha={alpha:g}, k={worst_k})"
+    assert len(rows) == 2 and "tuned on the test queries" in rows[1]["method"]
+    assert f"k={k})" in rows[1]["method"] and rows[1]["mAP"] == pytest.approx(100 * grid["map"][best[0]][best[1]],
+                                                                              abs=0.01)
+
+
+def test_seed_study_table_sits_beside_the_same_columns():
+    row, match = study_row_for(Method(backbone="vgg16", pooling="mac"))
+    assert (row.map_at_10, row.map_at_100, row.map_all, row.dim, row.params) == (92.41, 66.37, 60.3, 512,
+                                                                                 138_357_544)
+    assert match == "same backbone (VGG-16 max)"
+    row, match = study_row_for(Method(pooling="spoc"))
+    assert row.map_all == 68.74 and match == "Lite0 vs the study's EfficientNet-B1 average"
+    row, _ = study_row_for(Method(backbone="resnet50", pooling="rmac", rerank="diffusion"))
+    assert (row.map_at_10, row.map_at_100, row.map_all) == (95, 82.43, 82.54)
+    assert len(SEED_TABLE) == 12 and ("resnet50", "spoc", "none") in ODD_ROWS
+    assert study_row_for(Method(pooling="gem")) is None
+    assert study_row_for(Method(pooling="rmac", whitening="pca", whiten_on="oxford5k")) is None
+    assert study_row_for(Method(pooling="spoc", weights="random")) is None
+    assert study_row_for(Method(backbone="convnext_tiny", pooling="mac")) is None
     assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac")).map == 83.5
     assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac", weights="random")) is None
 
@@ -194,6 +217,7 @@ def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cach
     from streamlit.testing.v1 import AppTest
 
     from dashboard import gallery
+    from dashboard_fixture import assert_every_page_renders
 
     dataset, cache = paris250_lite0_cache
     copy = tmp_path / "paris6k-250"
@@ -214,12 +238,7 @@ def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cach
     table = at.dataframe[0].value
     assert set(table["pooling"]) == {"mac", "spoc", "gem", "rmac"}
     assert table.loc[table["pooling"] == "rmac", "mAP"].max() >= 87.0
-    for page in sorted(REPO.glob("pages/*.py")):
-        at.switch_page(str(page.relative_to(REPO))).run()
-        assert not at.exception, (page.name, [e.value for e in at.exception])
-        assert not at.error, (page.name, [e.value for e in at.error])
-        if page.name == "5_Manifolds.py":
-            assert not any("not computed yet" in i.value for i in at.info), "bundled layouts not found"
+    assert_every_page_renders(at, REPO)
 
     shared = next(iter(list_datasets(out).values()))
     key = next(iter(list_datasets(out)))
