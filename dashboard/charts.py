@@ -35,7 +35,7 @@ def map_bars(table: pd.DataFrame) -> go.Figure:
             marker_pattern_shape=[RERANK_PATTERNS.get(r, "") for r in part["re-ranking"]],
             customdata=part["id"], text=[f"{v:.1f}" for v in part["mAP"]], textposition="outside",
             hovertemplate="%{x}<br>mAP %{y:.2f}<extra>click to open in the Query explorer</extra>")
-    figure.update_layout(barmode="overlay", yaxis_title="mAP (%)", yaxis_range=[0, 105], height=380,
-                         margin=dict(t=30, b=10), legend_title_text="pooling",
-                         clickmode="event+select")
+    figure.update_layout(barmode="overlay", yaxis_title="mAP (%)", yaxis_range=[0, 105], height=460,
+                         margin=dict(t=30, b=150), legend_title_text="pooling", clickmode="event+select")
+    figure.update_xaxes(tickangle=-60)
     return figure

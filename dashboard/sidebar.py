@@ -62,6 +62,9 @@ PAGES = (("app.py", "Overview"), ("pages/2_Query_explorer.py", "Query explorer")
          ("pages/5_Manifolds.py", "Manifolds"), ("pages/6_Toy_manifolds.py", "Toy manifolds"),
          ("pages/7_Data_and_descriptors.py", "Data and descriptors"))
 SOURCE_NAMES = {"cache": "Your cache", "demo": "Embedded demo (Paris6k-250)"}
+SHORT_DEMO_NOTICE = ("**Demo**: 250 of the 6392 Paris6k images, 12 of its 55 queries; EfficientNet-Lite0/1/2, "
+                     "float16. Not comparable with full-benchmark figures. The full benchmark: **Data and "
+                     "descriptors** page.")
 
 
 def explain_no_data() -> None:
@@ -139,7 +142,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     bundle = loaders.bundle_manifest()
     with st.sidebar:
         if source == "demo":
-            st.info(demo_notice())
+            st.info(SHORT_DEMO_NOTICE)
         elif bundle is not None:
             st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px "
                        "thumbnails): figures can differ from full-precision descriptors in the last "
@@ -166,7 +169,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         for name, value in params.items():
             state.publish(name, value)
     if dataset.partial:
-        st.caption(f"{dataset.display_name()}: {dataset.status_line()}. {NOT_COMPARABLE}")
+        st.caption(f"Partial copy ({dataset.status_line()}). {NOT_COMPARABLE}")
     methods = [options[i] for i in chosen]
     view = View(key, dataset, protocol, methods, options, source)
     if not methods and needs_data:
