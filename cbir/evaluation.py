@@ -18,21 +18,28 @@ import numpy as np
 from .cache import Entry, atomic_write_text
 from .data import Dataset
 from .diffusion import DiffusionRanker
-from .method import Method
+from .method import GRAPH_RERANKINGS, Method
 from .metrics import compute_map, evaluation_report
+from .neighbours import neighbours_for
 
 DEFAULT_ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_KS = (5, 10, 20, 30, 50, 100)
 
 
-OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion")
+OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion", "fsr", "kreciprocal")
+
+
+def capped_params(method: Method, n_images: int) -> dict:
+    """k, kq and the FSR rank capped to what a database of `n_images` allows (as the sliders are)."""
+    return {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images),
+            "fsr_rank": min(method.fsr_rank, n_images)}
 
 
 def overview_methods(method: Method, n_images: int) -> list[Method]:
     """The re-rankings the dashboard's Overview shows for one descriptor entry, at the
-    default parameters (k and kq capped below the database size, as the sliders are)."""
-    params = {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images)}
-    return [method.with_rerank(r, **params) if r == "diffusion" else method.with_rerank(r)
+    default parameters (capped by `capped_params`)."""
+    params = capped_params(method, n_images)
+    return [method.with_rerank(r, **params) if r in GRAPH_RERANKINGS else method.with_rerank(r)
             for r in OVERVIEW_RERANKINGS]
 
 
@@ -40,6 +47,10 @@ def rerank_slug(method: Method) -> str:
     """The re-ranking part of a method, with its parameters, as a file-name part."""
     if method.rerank == "diffusion":
         return f"diffusion-a{method.alpha:g}-k{method.k}-kq{method.kq}-g{method.gamma:g}"
+    if method.rerank == "fsr":
+        return f"fsr-a{method.alpha:g}-k{method.k}-kq{method.kq}-g{method.gamma:g}-r{method.fsr_rank}"
+    if method.rerank == "kreciprocal":
+        return f"kreciprocal-k1{method.k1}-k2{method.k2}-l{method.kr_lambda:g}"
     if method.rerank in ("qe", "aqe"):
         return f"{method.rerank}-n{method.qe_n}"
     return "none"
@@ -82,7 +93,7 @@ def diffusion_map_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=DEF
     gnd = dataset.gnd[protocol]
     grid = np.empty((len(alphas), len(ks)))
     for j, k in enumerate(ks):
-        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma)
+        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma, neighbours=neighbours_for(entry, k))
         for i, alpha in enumerate(alphas):
             grid[i, j] = compute_map(ranker.rank(entry.queries, alpha=alpha, kq=kq), gnd)["map"]
         if progress is not None:
