@@ -13,6 +13,9 @@ methods, plus what replaces the original images and the heavy computations:
     <out>/<key>/<slug>/grid-<protocol>.json                   diffusion (alpha, k) mAP grid
     <out>/<key>/<slug>/report-<protocol>-<re-ranking>.json    the Overview's evaluations
     <out>/<key>/<slug>/layout-*.npy                           UMAP layouts (cbir.manifold)
+    <out>/<key>/<slug>/neighbours-K*.npz, spectrum-*.npz      top-K neighbour list, FSR eigenpairs
+                                                              of the default graph (cbir.neighbours,
+                                                              cbir.spectral)
 
 `verify_bundle` refuses a bundle whose format differs, whose files are missing, or
 whose bytes changed. The bundle is assembled in a temporary directory and renamed
@@ -37,6 +40,7 @@ from .evaluation import overview_methods, stored_diffusion_grid, stored_report
 from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
 from .rerank import rerank
+from .spectral import stored_ranker
 
 BUNDLE_FORMAT = 1
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -141,7 +145,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             for protocol in shared.protocols:
                 for shown in overview_methods(method, len(shared.images)):
                     stored_report(shared, bundled.path, bundled.manifest, shown, protocol,
-                                  lambda: rerank(shown, db, queries))
+                                  lambda: rerank(shown, db, queries, ranker=stored_ranker(bundled, shown)))
             for protocol in shared.protocols if grid_protocols is None else grid_protocols:
                 stored_diffusion_grid(shared, bundled, protocol, progress=progress)
             if layouts:

@@ -30,16 +30,18 @@ OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion", "fsr", "kreciprocal")
 
 
 def capped_params(method: Method, n_images: int) -> dict:
-    """k, kq and the FSR rank capped to what a database of `n_images` allows (as the sliders are)."""
+    """k, kq, the FSR rank and k-reciprocal's k1, k2 capped to what a database of `n_images`
+    allows (as the sliders are)."""
+    k1 = min(method.k1, n_images - 1)
     return {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images),
-            "fsr_rank": min(method.fsr_rank, n_images)}
+            "fsr_rank": min(method.fsr_rank, n_images), "k1": k1, "k2": min(method.k2, k1 + 1)}
 
 
 def overview_methods(method: Method, n_images: int) -> list[Method]:
     """The re-rankings the dashboard's Overview shows for one descriptor entry, at the
     default parameters (capped by `capped_params`)."""
     params = capped_params(method, n_images)
-    return [method.with_rerank(r, **params) if r in GRAPH_RERANKINGS else method.with_rerank(r)
+    return [method.with_rerank(r, **params) if r in GRAPH_RERANKINGS + ("kreciprocal",) else method.with_rerank(r)
             for r in OVERVIEW_RERANKINGS]
 
 

@@ -18,19 +18,25 @@ import numpy as np
 import scipy.sparse as sp
 
 from .cache import Entry
-from .diffusion import affinity_graph, normalize_graph, ranking_from_scores, unit_rows, vectors_from_similarities
+from .method import Method
+from .diffusion import (DiffusionRanker, affinity_graph, normalize_graph, ranking_from_scores, unit_rows,
+                        vectors_from_similarities)
 from .neighbours import load_arrays, neighbours_for, store_arrays
 
 DEFAULT_RANK = 256
 RESOLUTION = 1e-6  # float32 eigenvectors: scores below this share of a query's largest are noise
 DENSE_FRACTION = 0.25  # above this share of n eigenpairs, a dense eigh beats Lanczos (eigsh)
+DENSE_MAX = 8192  # a dense S of this size takes 0.5 GB
 
 
-def spectrum(S: sp.spmatrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
+def spectrum(S: sp.spmatrix, rank: int, solver: str = "auto") -> tuple[np.ndarray, np.ndarray]:
     """`(values (r,), vectors (n, r) float32)`: the r = min(rank, n) largest eigenpairs of symmetric S, descending.
 
-    scipy's `eigsh` (implicitly restarted Lanczos) for a small share of the spectrum,
-    LAPACK's `eigh` on the dense matrix otherwise.
+    `solver`: `dense` (LAPACK `eigh` on the dense matrix, only the wanted eigenpairs),
+    `eigsh` (scipy's implicitly restarted Lanczos, for databases too large to densify),
+    or `auto`: dense up to `DENSE_MAX` items or for more than `DENSE_FRACTION` of the
+    spectrum, where it is faster (a clustered graph has many eigenvalues near 1, which
+    Lanczos resolves slowly), eigsh above.
     """
     from scipy.linalg import eigh
     from scipy.sparse.linalg import eigsh
@@ -38,8 +44,12 @@ def spectrum(S: sp.spmatrix, rank: int) -> tuple[np.ndarray, np.ndarray]:
     n = S.shape[0]
     if rank < 1:
         raise ValueError(f"the FSR rank must be at least 1, got {rank}")
+    if solver not in ("auto", "dense", "eigsh"):
+        raise ValueError(f"unknown eigensolver {solver!r}; choose auto, dense or eigsh")
     r = min(rank, n)
-    if r > DENSE_FRACTION * n or n < 64:
+    if solver == "auto":
+        solver = "dense" if n <= DENSE_MAX or r > DENSE_FRACTION * n else "eigsh"
+    if solver == "dense" or r >= n - 1:
         values, vectors = eigh(S.toarray(), subset_by_index=[n - r, n - 1])
     else:
         v0 = np.random.default_rng(0).standard_normal(n)
@@ -139,3 +149,13 @@ def stored_spectral_ranker(entry: Entry, k: int = 50, gamma: float = 3.0, rank: 
                            A: sp.spmatrix | None = None) -> SpectralRanker:
     """A `SpectralRanker` on the entry's stored (or newly stored) eigenpairs."""
     return SpectralRanker(entry.db, *stored_spectrum(entry, k, gamma, rank, A), gamma=gamma)
+
+
+def stored_ranker(entry: Entry, method: Method):
+    """The graph ranker `cbir.rerank.rerank` takes for `method` on this entry, from its stored
+    neighbour list and eigenpairs (None for re-rankings without a graph)."""
+    if method.rerank == "diffusion":
+        return DiffusionRanker(entry.db, method.k, method.gamma, neighbours_for(entry, method.k))
+    if method.rerank == "fsr":
+        return stored_spectral_ranker(entry, method.k, method.gamma, method.fsr_rank)
+    return None

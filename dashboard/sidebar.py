@@ -11,7 +11,7 @@ import streamlit as st
 
 from cbir.bundle import BundleError
 from cbir.data import Dataset
-from cbir.method import Method
+from cbir.method import GRAPH_RERANKINGS, Method
 from cbir.study import NOT_COMPARABLE
 
 from . import loaders, state
@@ -53,6 +53,12 @@ def diffusion_params(n_db: int) -> dict:
         params[name] = kind(state.view_value(name, default, state.number(kind, lo, hi)))
         params[name] = min(max(params[name], lo), hi)
     return params
+
+
+def fsr_rank(n_db: int) -> int:
+    """The FSR rank of the view (the Diffusion lab's choice or a link), at most the database size."""
+    default = min(DIFFUSION.fsr_rank, n_db)
+    return min(int(state.view_value("rank", default, state.number(int, 1, n_db))), n_db)
 
 
 def explain_no_data() -> None:
@@ -101,7 +107,8 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         st.caption(dataset.status_line())
         protocol = state.select("Protocol", "protocol", list(dataset.protocols), what="protocol")
         params = diffusion_params(len(dataset.images))
-        options = {i: m.with_rerank("diffusion", **params) if m.rerank == "diffusion" else m
+        graph_params = {**params, "fsr_rank": fsr_rank(len(dataset.images))}
+        options = {i: m.with_rerank(m.rerank, **graph_params) if m.rerank in GRAPH_RERANKINGS else m
                    for i, m in loaders.method_options(key).items()}
         if not options:
             st.warning(f"No descriptors for {key} in {state.cache_root()}: extract some on the "
@@ -112,7 +119,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         chosen = state.multiselect("Methods", "methods", list(options), what="method", default=default,
                                    max_selections=MAX_METHODS, format_func=lambda i: options[i].label())
         if diffusion_caption:
-            st.caption("Diffusion: " + ", ".join(f"{k}={v:g}" for k, v in params.items())
+            st.caption("Diffusion and FSR: " + ", ".join(f"{k}={v:g}" for k, v in graph_params.items())
                        + " (sliders on the Diffusion lab)")
         for name, value in params.items():
             state.publish(name, value)

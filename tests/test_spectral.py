@@ -43,7 +43,7 @@ def test_full_rank_ranking_equals_cg():
 def test_sparse_eigensolver_agrees_with_the_dense_one_on_the_top_eigenpairs():
     db, _ = clustered(n=400, seed=2)
     S = DiffusionRanker(db, k=10).S
-    values, vectors = spectrum(S, 20)  # 20 of 400: eigsh
+    values, vectors = spectrum(S, 20, solver="eigsh")
     dense = np.linalg.eigvalsh(S.toarray())[::-1][:20]
     np.testing.assert_allclose(values, dense, atol=1e-8)
     np.testing.assert_allclose(S @ vectors.astype(np.float64), vectors * values, atol=1e-5)
