@@ -94,3 +94,14 @@ def test_bad_parameters_are_refused():
         kreciprocal_distances(DB, QUERY, k1=2, k2=2, lam=1.5)
     with pytest.raises(ValueError, match="lambda"):
         Method(rerank="kreciprocal", kr_lambda=-0.1)
+
+
+def test_paris250_kreciprocal_beats_the_plain_ranking(paris250_lite0_rmac_cache):
+    from cbir.metrics import compute_map
+
+    dataset, entry = paris250_lite0_rmac_cache
+    gnd = dataset.gnd["original"]
+    db, queries = entry.db.astype(np.float32), entry.queries.astype(np.float32)
+    plain = compute_map(np.argsort(-(queries @ db.T), axis=1), gnd)["map"]
+    ours = compute_map(kreciprocal_ranks(db, queries), gnd)["map"]
+    assert ours >= plain + 0.05, (plain, ours)  # measured: 0.874 -> 0.962
