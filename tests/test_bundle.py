@@ -48,6 +48,11 @@ def test_bundle_holds_what_the_dashboard_reads(bundle):
         assert entry.db.dtype == np.float16
         grid = json.loads((entry.path / "grid-original.json").read_text())
         assert max(grid["ks"]) < len(dataset.images)
+        # FSR's eigenpairs and the neighbour list, checksummed in bundle.json like the rest.
+        slug_dir = entry.path.relative_to(out).as_posix()
+        stored = {name for name in manifest["files"] if name.startswith(slug_dir + "/")}
+        assert {f"{slug_dir}/neighbours-K{len(dataset.images) - 1}.npz",
+                f"{slug_dir}/spectrum-k{len(dataset.images) - 1}-g3-r{len(dataset.images)}.npz"} <= stored
     assert manifest["total_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
 
 
@@ -172,6 +177,17 @@ def test_study_tables(small):
     assert "## Table 2: R-MAC" in markdown and f"{row['mAP']:.2f}" in markdown
     assert to_csv(tables).count("\n") == 4
     assert row["seed study mAP (EfficientNet-B1)"] is None  # a dataset other than paris6k
+
+
+def test_study_tables_add_fsr_and_kreciprocal_beyond_the_study(small):
+    cache_dir, dataset = small
+    n = len(dataset.images)
+    methods = [METHODS[1].with_rerank("fsr", k=5, fsr_rank=n), METHODS[1].with_rerank("kreciprocal", k1=5, k2=3)]
+    tables = study_tables(dataset, cache_dir, methods + [METHODS[1].with_rerank("diffusion", k=5)], "original")
+    rows = tables["Beyond the study: R-MAC + FSR, k-reciprocal"]
+    assert [row["method"] for row in rows] == [m.label() for m in methods]
+    # Full-rank FSR is the exact diffusion solve: the same figures as table 3.
+    assert rows[0]["mAP"] == tables["Table 3: R-MAC + diffusion"][0]["mAP"]
 
 
 def test_seed_study_figures_sit_beside_any_backbone():
