@@ -64,7 +64,8 @@ st.caption("mAP and mP@k: reference definitions (junk removed, trapezoid AP; mP@
            "published figure (\"study\") for the same backbone, or for the study row named in "
            "\"study row\" where the study did not use this backbone. All in percent. "
            f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
-           f"gamma={params['gamma']:g}.")
+           f"gamma={params['gamma']:g}; FSR rows the same graph from its top-r eigenpairs (r in the label; "
+           "r = the database size is the exact solve); k-reciprocal rows Zhong et al.'s k1, k2, lambda.")
 st.download_button("Export CSV", table.to_csv(index=False).encode(), file_name=f"{view.key}-{view.protocol}.csv",
                    mime="text/csv")
 

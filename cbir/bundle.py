@@ -13,6 +13,9 @@ methods, plus what replaces the original images and the heavy computations:
     <out>/<key>/<slug>/grid-<protocol>.json                   diffusion (alpha, k) mAP grid
     <out>/<key>/<slug>/report-<protocol>-<re-ranking>.json    the Overview's evaluations
     <out>/<key>/<slug>/layout-*.npy                           UMAP layouts (cbir.manifold)
+    <out>/<key>/<slug>/neighbours-K*.npz, spectrum-*.npz      top-K neighbour list, FSR eigenpairs
+                                                              of the default graph (cbir.neighbours,
+                                                              cbir.spectral)
 
 `verify_bundle` refuses a bundle whose format differs, whose files are missing, or
 whose bytes changed. The bundle is assembled in a temporary directory and renamed

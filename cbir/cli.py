@@ -157,6 +157,7 @@ def load_dataset_fast(name: str, root: Path, cache: Path):
 def cmd_evaluate(args) -> int:
     from .evaluation import blocked_report, store_overview_reports
     from .extraction import ensure_descriptors
+    from .spectral import stored_ranker
 
     cache = args.cache or default_cache_dir()
     dataset = load_dataset_fast(args.dataset, args.root, cache)
@@ -165,18 +166,37 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
                          f"available: {', '.join(dataset.gnd)}")
     (method,) = methods_from_args(args, [args.pooling])
-    method = method.with_rerank(args.rerank, alpha=args.alpha, k=args.k, kq=args.kq, gamma=args.gamma,
-                                qe_n=args.qe_n)
+    method = method.with_rerank(args.rerank, **rerank_params(args, len(dataset.images)), qe_n=args.qe_n)
     options = extraction_options(args)
     progress = options.pop("progress")
     entry = ensure_descriptors(dataset, method, cache, progress, **options)
     stored = store_overview_reports(dataset, entry, progress=progress)
-    report = stored.get((method, protocol)) or blocked_report(method, entry.db, entry.queries, dataset, protocol,
-                                                                progress=progress)
+    report = stored.get((method, protocol)) or blocked_report(
+        method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress)
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"),
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
     return 0
+
+
+def rerank_params(args, n_images: int) -> dict:
+    """The graph (diffusion, FSR) and k-reciprocal parameters of `add_rerank_args`; the FSR
+    rank is capped at the database size (full rank), so labels say what was computed."""
+    return {"alpha": args.alpha, "k": args.k, "kq": args.kq, "gamma": args.gamma,
+            "fsr_rank": min(args.rank, n_images),
+            "k1": args.k1, "k2": args.k2, "kr_lambda": args.kr_lambda}
+
+
+def add_rerank_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alpha", type=float, default=0.99, help="diffusion / FSR alpha")
+    p.add_argument("--k", type=int, default=50, help="diffusion / FSR graph neighbours")
+    p.add_argument("--kq", type=int, default=10, help="diffusion / FSR query neighbours")
+    p.add_argument("--gamma", type=float, default=3.0, help="diffusion / FSR similarity exponent")
+    p.add_argument("--rank", type=int, default=256, help="FSR: eigenpairs of the graph kept (stored in the cache)")
+    p.add_argument("--k1", type=int, default=20, help="k-reciprocal: neighbours of the reciprocal sets")
+    p.add_argument("--k2", type=int, default=6, help="k-reciprocal: local query expansion neighbours")
+    p.add_argument("--lambda", dest="kr_lambda", type=float, default=0.3,
+                   help="k-reciprocal: weight of the original distance")
 
 
 # --- bundle and report ----------------------------------------------------------
@@ -246,8 +266,8 @@ def cmd_report(args) -> int:
     for method in cached_methods(cache, dataset, args.methods):
         methods.append(method)
         if method.pooling == "rmac":
-            methods.append(method.with_rerank("diffusion", alpha=args.alpha, k=args.k, kq=args.kq,
-                                              gamma=args.gamma))
+            methods += [method.with_rerank(r, **rerank_params(args, len(dataset.images)))
+                        for r in ("diffusion", "fsr", "kreciprocal")]
     tables = study_tables(dataset, cache, methods, protocol)
     markdown = to_markdown(tables, dataset, protocol)
     if args.out:
@@ -286,10 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--protocol", default=None, help="default: original, else medium")
     p.add_argument("--rerank", choices=RERANKINGS, default="none")
-    p.add_argument("--alpha", type=float, default=0.99, help="diffusion alpha")
-    p.add_argument("--k", type=int, default=50, help="diffusion graph neighbours")
-    p.add_argument("--kq", type=int, default=10, help="diffusion query neighbours")
-    p.add_argument("--gamma", type=float, default=3.0, help="diffusion similarity exponent")
+    add_rerank_args(p)
     p.add_argument("--qe-n", type=int, default=10, help="query expansion neighbours")
     p.set_defaults(func=cmd_evaluate)
 
@@ -316,10 +333,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
     p.add_argument("--protocol", default=None, help="default: original, else medium")
     p.add_argument("--out", type=Path, help="also write OUT.md and OUT.csv")
-    p.add_argument("--alpha", type=float, default=0.99, help="diffusion alpha for table 3")
-    p.add_argument("--k", type=int, default=50, help="diffusion graph neighbours for table 3")
-    p.add_argument("--kq", type=int, default=10)
-    p.add_argument("--gamma", type=float, default=3.0)
+    add_rerank_args(p)
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
     p.set_defaults(func=cmd_report)
     return parser

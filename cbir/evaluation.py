@@ -18,23 +18,32 @@ import numpy as np
 from .cache import Entry, atomic_write_text
 from .data import Dataset
 from .diffusion import DiffusionRanker
-from .method import Method
+from .method import GRAPH_RERANKINGS, Method
 from .metrics import check_protocol, compute_map, query_metrics, summarise
-from .rerank import rerank
+from .neighbours import neighbours_for
+from .rerank import graph_ranker, rerank
 
 DEFAULT_ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
 DEFAULT_KS = (5, 10, 20, 30, 50, 100)
 
 
-OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion")
+OVERVIEW_RERANKINGS = ("none", "aqe", "diffusion", "fsr", "kreciprocal")
 QUERY_BLOCK = 512
+
+
+def capped_params(method: Method, n_images: int) -> dict:
+    """k, kq, the FSR rank and k-reciprocal's k1, k2 capped to what a database of `n_images`
+    allows (as the sliders are)."""
+    k1 = min(method.k1, n_images - 1)
+    return {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images),
+            "fsr_rank": min(method.fsr_rank, n_images), "k1": k1, "k2": min(method.k2, k1 + 1)}
 
 
 def overview_methods(method: Method, n_images: int) -> list[Method]:
     """The re-rankings the dashboard's Overview shows for one descriptor entry, at the
-    default parameters (k and kq capped below the database size, as the sliders are)."""
-    params = {"k": min(method.k, n_images - 1), "kq": min(method.kq, n_images)}
-    return [method.with_rerank(r, **params) if r == "diffusion" else method.with_rerank(r)
+    default parameters (capped by `capped_params`)."""
+    params = capped_params(method, n_images)
+    return [method.with_rerank(r, **params) if r in GRAPH_RERANKINGS + ("kreciprocal",) else method.with_rerank(r)
             for r in OVERVIEW_RERANKINGS]
 
 
@@ -42,6 +51,10 @@ def rerank_slug(method: Method) -> str:
     """The re-ranking part of a method, with its parameters, as a file-name part."""
     if method.rerank == "diffusion":
         return f"diffusion-a{method.alpha:g}-k{method.k}-kq{method.kq}-g{method.gamma:g}"
+    if method.rerank == "fsr":
+        return f"fsr-a{method.alpha:g}-k{method.k}-kq{method.kq}-g{method.gamma:g}-r{method.fsr_rank}"
+    if method.rerank == "kreciprocal":
+        return f"kreciprocal-k1{method.k1}-k2{method.k2}-l{method.kr_lambda:g}"
     if method.rerank in ("qe", "aqe"):
         return f"{method.rerank}-n{method.qe_n}"
     return "none"
@@ -55,17 +68,21 @@ def _store(path: Path, data: dict) -> None:
 
 
 def blocked_report(method: Method, db: np.ndarray, queries: np.ndarray, dataset: Dataset, protocol: str,
-                   ranker: DiffusionRanker | None = None, block: int = QUERY_BLOCK, progress=None) -> dict:
+                   ranker=None, block: int = QUERY_BLOCK, progress=None) -> dict:
     """`evaluation_report` of `method`, ranking `block` queries at a time.
 
     Memory stays at block x n_db instead of n_queries x n_db: a folder where every image
     is a query (7168 x 7168) holds 600 MB of similarities and ranks per method otherwise.
-    Every figure is a mean of per-query values, so the report is the same.
+    Every figure is a mean of per-query values, so the report is the same. k-reciprocal
+    re-ranking is not blocked: its neighbour sets are taken over queries and database
+    together, so a block of queries would change them.
     """
     gnd = check_protocol(dataset, protocol)
     db = np.asarray(db, np.float32)
-    if method.rerank == "diffusion" and ranker is None:
-        ranker = DiffusionRanker(db, method.k, method.gamma)
+    if method.rerank == "kreciprocal":
+        block = max(1, len(queries))
+    if method.rerank in GRAPH_RERANKINGS and ranker is None:
+        ranker = graph_ranker(db, method)
     parts = []
     for start in range(0, len(queries), block):
         stop = min(start + block, len(queries))
@@ -112,6 +129,8 @@ def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progr
     diffusion graph for all protocols), so the dashboard opens on stored results; returns
     {(method, protocol): report}. Already stored ones are read, not recomputed."""
     db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)
+    from .spectral import stored_ranker
+
     shown = overview_methods(entry.method.descriptor_key(), len(dataset.images))
     graphs = {}
     reports = {}
@@ -119,8 +138,10 @@ def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progr
         for method in shown:
             def evaluate(method=method, protocol=protocol):
                 graph = None
-                if method.rerank == "diffusion":
-                    graph = graphs.setdefault((method.k, method.gamma), DiffusionRanker(db, method.k, method.gamma))
+                if method.rerank in GRAPH_RERANKINGS:
+                    if method not in graphs:
+                        graphs[method] = stored_ranker(entry, method)
+                    graph = graphs[method]
                 return blocked_report(method, db, queries, dataset, protocol, ranker=graph, progress=progress)
             reports[method, protocol] = stored_report(dataset, entry.path, entry.manifest, method, protocol,
                                                       evaluate)
@@ -139,7 +160,7 @@ def diffusion_map_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=DEF
     gnd = dataset.gnd[protocol]
     grid = np.empty((len(alphas), len(ks)))
     for j, k in enumerate(ks):
-        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma)
+        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma, neighbours=neighbours_for(entry, k))
         for i, alpha in enumerate(alphas):
             grid[i, j] = compute_map(ranker.rank(entry.queries, alpha=alpha, kq=kq), gnd)["map"]
         if progress is not None:

@@ -12,7 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 POOLINGS = ("mac", "spoc", "gem", "rmac")
 POOLING_NAMES = {"mac": "MAC", "spoc": "SPoC", "gem": "GeM", "rmac": "R-MAC"}
 WHITENINGS = ("none", "pca", "pca-partial")
-RERANKINGS = ("none", "diffusion", "aqe", "qe")
+RERANKINGS = ("none", "diffusion", "aqe", "qe", "kreciprocal", "fsr")
+GRAPH_RERANKINGS = ("diffusion", "fsr")  # ranked on the mutual kNN graph with alpha, k, kq, gamma
 STUDY_BACKBONES = {"vgg16": "VGG-16", "resnet50": "ResNet-50", "efficientnet_b1": "EfficientNet-B1"}
 SHORT_BACKBONES = {"tf_efficientnet_lite0": "Lite0", "tf_efficientnet_lite1": "Lite1",
                    "tf_efficientnet_lite2": "Lite2", "tf_efficientnet_b1": "EfficientNet-B1", **STUDY_BACKBONES}
@@ -37,6 +38,10 @@ class Method:
     kq: int = 10
     gamma: float = 3.0
     qe_n: int = 10
+    k1: int = 20
+    k2: int = 6
+    kr_lambda: float = 0.3
+    fsr_rank: int = 256
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -51,6 +56,10 @@ class Method:
             raise ValueError(f"alpha must lie in [0, 1), got {self.alpha}")
         if self.k < 1 or self.kq < 1 or self.qe_n < 1:
             raise ValueError("k, kq and qe_n must be at least 1")
+        if self.k1 < 1 or self.k2 < 1 or self.fsr_rank < 1:
+            raise ValueError("k1, k2 and fsr_rank must be at least 1")
+        if not 0.0 <= self.kr_lambda <= 1.0:
+            raise ValueError(f"k-reciprocal lambda must lie in [0, 1], got {self.kr_lambda}")
 
     def descriptor_key(self) -> "Method":
         """The part of the method that determines the descriptors (the cache key)."""
@@ -72,6 +81,10 @@ class Method:
             text += f" +{self.whitening}({self.whiten_on or 'transductive'})"
         if self.rerank == "diffusion":
             text += f" +diffusion(a={self.alpha:g}, k={self.k})"
+        elif self.rerank == "fsr":
+            text += f" +FSR(a={self.alpha:g}, k={self.k}, r={self.fsr_rank})"
+        elif self.rerank == "kreciprocal":
+            text += f" +k-reciprocal(k1={self.k1}, k2={self.k2}, lambda={self.kr_lambda:g})"
         elif self.rerank != "none":
             text += f" +{self.rerank.upper()}(n={self.qe_n})"
         return text

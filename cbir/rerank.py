@@ -10,7 +10,10 @@ it dispatches on `method.rerank`:
   same sum weighted by `max(s, 0)^AQE_EXPONENT` with the fixed exponent 3 of that
   paper (the query itself has weight 1). `Method.alpha` is diffusion's alpha and is
   not used here;
-- `diffusion`: `cbir.diffusion.DiffusionRanker` with `method.k`, `gamma`, `alpha`, `kq`.
+- `diffusion`: `cbir.diffusion.DiffusionRanker` with `method.k`, `gamma`, `alpha`, `kq`;
+- `fsr`: fast spectral ranking (`cbir.spectral.SpectralRanker`), the same diffusion
+  from the graph's top `method.fsr_rank` eigenpairs;
+- `kreciprocal`: k-reciprocal re-ranking (`cbir.kreciprocal`) with `k1`, `k2`, `kr_lambda`.
 
 Every result is a full ranking (n_queries, n_db) of database indices.
 """
@@ -72,12 +75,22 @@ def database_augmentation(db: np.ndarray, n: int, exponent: float = AQE_EXPONENT
     return expand(db, db, others, other_sims, n, exponent)
 
 
-def rerank(method: Method, db: np.ndarray, queries: np.ndarray,
-           ranker: DiffusionRanker | None = None) -> np.ndarray:
+def graph_ranker(db: np.ndarray, method: Method):
+    """The ranker of a graph re-ranking built from the descriptors: the diffusion graph, or for
+    `fsr` its top eigenpairs (`cbir.spectral.stored_ranker` reads stored ones instead)."""
+    graph = DiffusionRanker(db, method.k, method.gamma)
+    if method.rerank == "diffusion":
+        return graph
+    from .spectral import SpectralRanker, spectrum
+    return SpectralRanker(graph.db, *spectrum(graph.S, method.fsr_rank), gamma=method.gamma)
+
+
+def rerank(method: Method, db: np.ndarray, queries: np.ndarray, ranker=None) -> np.ndarray:
     """Full rankings (n_q, n_db) of the database for `method.rerank`.
 
-    `ranker` reuses a diffusion graph built for this database with `method.k` and
-    `method.gamma` (the dashboard keeps one); otherwise one is built.
+    `ranker` reuses a diffusion graph (`DiffusionRanker`) built for this database with
+    `method.k` and `method.gamma`, or for `fsr` its eigenpairs (`SpectralRanker`, e.g.
+    `cbir.spectral.stored_spectral_ranker`); otherwise one is built.
     """
     if method.rerank == "none":
         return search(db, queries)[1]
@@ -86,10 +99,23 @@ def rerank(method: Method, db: np.ndarray, queries: np.ndarray,
         return search(db, query_expansion(db, queries, method.qe_n, exponent))[1]
     if method.rerank == "diffusion":
         if ranker is None:
-            ranker = DiffusionRanker(db, method.k, method.gamma)
+            ranker = graph_ranker(db, method)
         elif (ranker.k, ranker.gamma, ranker.db.shape) != (method.k, method.gamma, np.shape(db)):
             raise ValueError(f"the diffusion graph was built with k={ranker.k}, gamma={ranker.gamma} "
                              f"on {ranker.db.shape} descriptors; the method asks for k={method.k}, "
                              f"gamma={method.gamma} on {np.shape(db)}")
         return ranker.rank(queries, alpha=method.alpha, kq=method.kq)
+    if method.rerank == "fsr":
+        if ranker is None:
+            ranker = graph_ranker(db, method)
+        elif ranker.gamma != method.gamma or ranker.db.shape != np.shape(db) \
+                or ranker.rank_used != min(method.fsr_rank, np.shape(db)[0]):
+            raise ValueError(f"the eigenpairs were computed for rank {ranker.rank_used}, gamma={ranker.gamma} "
+                             f"on {ranker.db.shape} descriptors; the method asks for rank {method.fsr_rank}, "
+                             f"gamma={method.gamma} on {np.shape(db)}")
+        return ranker.rank(queries, alpha=method.alpha, kq=method.kq)
+    if method.rerank == "kreciprocal":
+        from .kreciprocal import kreciprocal_ranks
+
+        return kreciprocal_ranks(db, queries, method.k1, method.k2, method.kr_lambda)
     raise ValueError(f"unknown re-ranking {method.rerank!r}")

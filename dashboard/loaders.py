@@ -16,7 +16,7 @@ import streamlit as st
 
 from cbir.cache import CacheError, Entry, checked_manifest, list_datasets, list_entries, load_entry
 from cbir.data import Dataset
-from cbir.evaluation import OVERVIEW_RERANKINGS
+from cbir.evaluation import overview_methods
 from cbir.method import Method
 
 from .state import cache_root
@@ -87,9 +87,10 @@ def _entries(root: str, key: str, stamp: tuple) -> list[Method]:
 
 
 def method_options(key: str) -> dict[str, Method]:
-    """Every method the cache supports: each descriptor entry with each re-ranking."""
-    return {method_id(m.with_rerank(r)): m.with_rerank(r)
-            for m in descriptor_methods(key) for r in OVERVIEW_RERANKINGS}
+    """Every method the cache supports: each descriptor entry with each re-ranking (parameters
+    capped to the database size, `cbir.evaluation.overview_methods`)."""
+    n_images = len(datasets()[key].images)
+    return {method_id(m): m for entry in descriptor_methods(key) for m in overview_methods(entry, n_images)}
 
 
 def _where(key: str, method: Method) -> tuple[str, str, str, int]:
@@ -128,7 +129,29 @@ def ranker(key: str, method: Method, k: int, gamma: float):
 @st.cache_resource(max_entries=8, show_spinner="Building the diffusion graph...")
 def _ranker(root: str, key: str, slug: str, stamp: int, k: int, gamma: float):
     from cbir.diffusion import DiffusionRanker
-    return DiffusionRanker(entry(key, _descriptor(key, slug)).db, k=k, gamma=gamma)
+    from cbir.neighbours import neighbours_for
+    found = entry(key, _descriptor(key, slug))
+    return DiffusionRanker(found.db, k=k, gamma=gamma, neighbours=neighbours_for(found, k))
+
+
+def spectral(key: str, method: Method, k: int, gamma: float, rank: int):
+    """The FSR ranker of this method's database: the graph's top-`rank` eigenpairs, stored in the entry."""
+    return _spectral(*_where(key, method), k, gamma, rank)
+
+
+@st.cache_resource(max_entries=8, show_spinner="Computing the graph's eigenpairs (once; stored in the cache)...")
+def _spectral(root: str, key: str, slug: str, stamp: int, k: int, gamma: float, rank: int):
+    from cbir.spectral import stored_spectral_ranker
+    return stored_spectral_ranker(entry(key, _descriptor(key, slug)), k, gamma, rank)
+
+
+def graph_ranker(key: str, method: Method):
+    """What `cbir.rerank.rerank` reuses for `method`: its diffusion graph or FSR eigenpairs (None otherwise)."""
+    if method.rerank == "diffusion":
+        return ranker(key, method, method.k, method.gamma)
+    if method.rerank == "fsr":
+        return spectral(key, method, method.k, method.gamma, method.fsr_rank)
+    return None
 
 
 def ranks(key: str, method: Method) -> np.ndarray:
@@ -140,8 +163,7 @@ def ranks(key: str, method: Method) -> np.ndarray:
 def _ranks(root: str, key: str, slug: str, stamp: int, method: Method) -> np.ndarray:
     from cbir.rerank import rerank
     found = entry(key, method)
-    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
-    ranks = rerank(method, found.db, found.queries, ranker=graph)
+    ranks = rerank(method, found.db, found.queries, ranker=graph_ranker(key, method))
     return ranks.astype(np.int32) if ranks.shape[1] < 2**31 else ranks  # half the memory of int64
 
 
@@ -161,8 +183,7 @@ def _one_ranking(root: str, key: str, slug: str, stamp: int, method: Method, sid
     from cbir.rerank import rerank
     found = entry(key, method)
     rows = found.db if side == "db" else found.queries
-    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
-    return rerank(method, found.db, rows[index:index + 1], ranker=graph)[0]
+    return rerank(method, found.db, rows[index:index + 1], ranker=graph_ranker(key, method))[0]
 
 
 def report(key: str, method: Method, protocol: str) -> dict:
@@ -205,11 +226,10 @@ def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, p
     from cbir.evaluation import blocked_report, stored_report as from_disk
 
     found = entry(key, method)
-    graph = ranker(key, method, method.k, method.gamma) if method.rerank == "diffusion" else None
     dataset = datasets()[key]
     return from_disk(dataset, Path(root) / key / slug, manifest(key, method), method, protocol,
-                     lambda: blocked_report(method, found.db, found.queries, dataset, protocol, ranker=graph,
-                                            progress=_progress))
+                     lambda: blocked_report(method, found.db, found.queries, dataset, protocol,
+                                            ranker=graph_ranker(key, method), progress=_progress))
 
 
 def manifest(key: str, method: Method) -> dict:

@@ -12,7 +12,7 @@ import streamlit as st
 
 from cbir.bundle import BundleError
 from cbir.data import Dataset
-from cbir.method import Method
+from cbir.method import GRAPH_RERANKINGS, Method
 from cbir.study import NOT_COMPARABLE
 
 from . import loaders, state
@@ -65,6 +65,12 @@ SOURCE_NAMES = {"cache": "Your cache", "demo": "Embedded demo (Paris6k-250)"}
 SHORT_DEMO_NOTICE = ("**Demo**: 250 of the 6392 Paris6k images, 12 of its 55 queries; EfficientNet-Lite0/1/2, "
                      "float16. Not comparable with full-benchmark figures. The full benchmark: **Data and "
                      "descriptors** page.")
+
+
+def fsr_rank(n_db: int) -> int:
+    """The FSR rank of the view (the Diffusion lab's choice or a link), at most the database size."""
+    default = min(DIFFUSION.fsr_rank, n_db)
+    return min(int(state.view_value("rank", default, state.number(int, 1, n_db))), n_db)
 
 
 def explain_no_data() -> None:
@@ -153,7 +159,8 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         st.caption(dataset.status_line())
         protocol = state.select("Protocol", "protocol", list(dataset.protocols), what="protocol")
         params = diffusion_params(len(dataset.images))
-        options = {i: m.with_rerank("diffusion", **params) if m.rerank == "diffusion" else m
+        graph_params = {**params, "fsr_rank": fsr_rank(len(dataset.images))}
+        options = {i: m.with_rerank(m.rerank, **graph_params) if m.rerank in GRAPH_RERANKINGS else m
                    for i, m in loaders.method_options(key).items()}
         if not options:
             st.warning(f"No descriptors for {names[key]} in {state.cache_root()}: extract some on the "
@@ -164,7 +171,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         chosen = state.multiselect("Methods", "methods", list(options), what="method", default=default,
                                    max_selections=MAX_METHODS, format_func=lambda i: options[i].label())
         if diffusion_caption:
-            st.caption("Diffusion: " + ", ".join(f"{k}={v:g}" for k, v in params.items())
+            st.caption("Diffusion and FSR: " + ", ".join(f"{k}={v:g}" for k, v in graph_params.items())
                        + " (sliders on the Diffusion lab)")
         for name, value in params.items():
             state.publish(name, value)

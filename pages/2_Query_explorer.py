@@ -131,9 +131,7 @@ else:
                         try:
                             found = loaders.entry(view.key, method)
                             desc = upload.describe(file.getvalue(), file.name, box, method, found)
-                            graph = (loaders.ranker(view.key, method, method.k, method.gamma)
-                                     if method.rerank == "diffusion" else None)
-                            ranking = rerank(method, found.db, desc, ranker=graph)[0]
+                            ranking = rerank(method, found.db, desc, ranker=loaders.graph_ranker(view.key, method))[0]
                         except (ValueError, RuntimeError) as exc:
                             st.error(str(exc))
                         else:

@@ -83,11 +83,11 @@ def test_overview_table_equals_cbir_evaluation(site):
     no_exception(at)
     table = at.dataframe[0].value
     k = len(dataset.images) - 1  # the sidebar caps diffusion's k below the database size
-    assert len(table) == len(METHODS) * 3
+    assert len(table) == len(METHODS) * 5
     for method in METHODS:
-        for rerank_name in ("none", "aqe", "diffusion"):
-            variant = method.with_rerank(rerank_name, k=k) if rerank_name == "diffusion" else \
-                method.with_rerank(rerank_name)
+        for rerank_name, params in (("none", {}), ("aqe", {}), ("diffusion", {"k": k}),
+                                    ("fsr", {"k": k, "fsr_rank": k + 1}), ("kreciprocal", {"k1": k})):
+            variant = method.with_rerank(rerank_name, **params)
             report = evaluation_report(ranking(dataset, cache_dir, variant), dataset, "original")
             row = table[table["id"] == (method.slug() if rerank_name == "none"
                                         else f"{method.slug()}+{rerank_name}")].iloc[0]
@@ -217,6 +217,19 @@ def test_diffusion_lab_slider_changes_the_map_shown(site):
     assert at.metric[0].value == f"{100 * evaluation_report(ranks, dataset, 'original')['mAP']:.2f}"
     assert url(at, "alpha") == ["0.6"]
     assert any("(was #" in c for c in gallery_captions(at))
+
+
+def test_lab_offers_fsr_beside_cg_with_its_gap(site):
+    _, cache_dir, dataset = site
+    at = app(PAGES[1])
+    cg = at.metric[0].value
+    at.selectbox(key="w_solver").set_value("fsr").run()
+    no_exception(at)
+    # On this small database the default rank is the full spectrum: FSR is the exact solve.
+    assert at.metric[0].label == "FSR mAP gap to CG" and at.metric[0].value == "+0.00"
+    assert at.metric[1].label == f"mAP with FSR (r={len(dataset.images)})" and at.metric[1].value == cg
+    assert url(at, "solver") == ["fsr"]
+    assert list(cache_dir.glob("*/*/spectrum-k*-r*.npz")) and list(cache_dir.glob("*/*/neighbours-K*.npz"))
 
 
 def test_lab_deep_link_sets_the_sliders(site):
@@ -450,6 +463,7 @@ def test_a_folder_where_every_image_is_a_query_renders_every_page(tmp_path, monk
 
     from cbir.cache import save_entry
     from cbir.data import Dataset, Query
+    from cbir.evaluation import overview_methods
     from cbir.method import Method
     from dashboard_fixture import assert_every_page_renders
     from synthetic import clustered_unit_vectors
@@ -471,8 +485,9 @@ def test_a_folder_where_every_image_is_a_query_renders_every_page(tmp_path, monk
     start = time.perf_counter()
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=180).run()
     no_exception(at)
-    assert len(at.dataframe[0].value) == 3 and at.get("status")  # progress was shown
-    assert len(list((tmp_path / "cache").glob("*/*/report-class-*.json"))) == 3  # stored for next time
+    shown = len(overview_methods(method, n))
+    assert len(at.dataframe[0].value) == shown and at.get("status")  # progress was shown
+    assert len(list((tmp_path / "cache").glob("*/*/report-class-*.json"))) == shown  # stored for next time
     at.switch_page(PAGES[0]).run()
     no_exception(at)
     assert sum(b.label.startswith("obj") for b in at.button) == 48  # one page of the picker, not 600

@@ -48,6 +48,11 @@ def test_bundle_holds_what_the_dashboard_reads(bundle):
         assert entry.db.dtype == np.float16
         grid = json.loads((entry.path / "grid-original.json").read_text())
         assert max(grid["ks"]) < len(dataset.images)
+        # FSR's eigenpairs and the neighbour list, checksummed in bundle.json like the rest.
+        slug_dir = entry.path.relative_to(out).as_posix()
+        stored = {name for name in manifest["files"] if name.startswith(slug_dir + "/")}
+        assert {f"{slug_dir}/neighbours-K{len(dataset.images) - 1}.npz",
+                f"{slug_dir}/spectrum-k{len(dataset.images) - 1}-g3-r{len(dataset.images)}.npz"} <= stored
     assert manifest["total_bytes"] == sum(f["bytes"] for f in manifest["files"].values())
 
 
@@ -204,6 +209,17 @@ def test_seed_study_table_sits_beside_the_same_columns():
     assert study_row_for(Method(pooling="rmac", whitening="pca", whiten_on="oxford5k")) is None
     assert study_row_for(Method(pooling="spoc", weights="random")) is None
     assert study_row_for(Method(backbone="convnext_tiny", pooling="mac")) is None
+
+
+def test_study_tables_add_fsr_and_kreciprocal_beyond_the_study(small):
+    cache_dir, dataset = small
+    n = len(dataset.images)
+    methods = [METHODS[1].with_rerank("fsr", k=5, fsr_rank=n), METHODS[1].with_rerank("kreciprocal", k1=5, k2=3)]
+    tables = study_tables(dataset, cache_dir, methods + [METHODS[1].with_rerank("diffusion", k=5)], "original")
+    rows = tables["Beyond the study: R-MAC + FSR, k-reciprocal"]
+    assert [row["method"] for row in rows] == [m.label() for m in methods]
+    # Full-rank FSR is the exact diffusion solve: the same figures as table 3.
+    assert rows[0]["mAP"] == tables["Table 3: R-MAC + diffusion (alpha=0.99, k=5)"][0]["mAP"]
     assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac")).map == 83.5
     assert published_for("paris6k", Method(backbone="vgg16", pooling="rmac", weights="random")) is None
 
