@@ -42,6 +42,7 @@ def build_demo(root: Path, out: Path, cache: Path, progress=None) -> dict:
     Refuses a folder that is not that subset, and a result over 25 MB (it is committed).
     """
     from .bundle import build_bundle
+    from .cache import CacheError, load_entry
     from .data import load_dataset
     from .extraction import extract
 
@@ -50,7 +51,14 @@ def build_demo(root: Path, out: Path, cache: Path, progress=None) -> dict:
         raise ValueError(f"{root}: {dataset.status_line()}; the demo is built from the Paris6k-250 "
                          "subset (250 images, 12 queries)")
     methods = demo_methods()
-    extract(dataset, methods, cache, progress)
+    missing = []
+    for method in methods:
+        try:
+            load_entry(cache, dataset, method)
+        except CacheError:
+            missing.append(method)
+    if missing:
+        extract(dataset, missing, cache, progress)
     manifest = build_bundle(cache, dataset, methods, out, reduce="float16", thumb_size=256, progress=progress)
     if manifest["total_bytes"] > MAX_BYTES:
         raise ValueError(f"{out}: {manifest['total_bytes'] / 2**20:.1f} MiB, over the demo's 25 MB limit")
