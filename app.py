@@ -45,8 +45,8 @@ chosen = [p["customdata"] for p in (clicked or {}).get("selection", {}).get("poi
 if chosen:  # a click on a bar: that method alone in the Query explorer
     state.open_in_explorer(methods=[chosen[0]], image="")
 st.caption("Reference mAP (full list, junk removed, trapezoid AP), in percent. Bars grouped by backbone, "
-           "coloured by pooling; re-rankings (hatched) stand beside their base method. Click a bar to "
-           "open that method in the Query explorer.")
+           "one group per pooling (colour); each re-ranking (hatching, see the legend) stands beside its base "
+           "method. Click a bar to open that method in the Query explorer.")
 
 percent = st.column_config.NumberColumn(format="%.2f")
 study = st.column_config.NumberColumn(format="%.2f", help="the seed study's published figure for this "

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 
 POOLINGS = ("mac", "spoc", "gem", "rmac")
 POOLING_NAMES = {"mac": "MAC", "spoc": "SPoC", "gem": "GeM", "rmac": "R-MAC"}
+REFERENCE_SIZE = 1024  # max image side of the references' protocol
 WHITENINGS = ("none", "pca", "pca-partial")
 RERANKINGS = ("none", "diffusion", "aqe", "qe", "kreciprocal", "fsr")
 GRAPH_RERANKINGS = ("diffusion", "fsr")  # ranked on the mutual kNN graph with alpha, k, kq, gamma
@@ -74,7 +75,11 @@ class Method:
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
 
     def label(self) -> str:
-        text = f"{short_backbone(self.backbone)} {POOLING_NAMES[self.pooling]} {self.size}px"
+        """Short and distinguishable: "Lite0 R-MAC +diffusion(a=0.99, k=50)"; the image size only
+        where it is not the reference protocol's 1024 px."""
+        text = f"{short_backbone(self.backbone)} {POOLING_NAMES[self.pooling]}"
+        if self.size != REFERENCE_SIZE:
+            text += f" {self.size}px"
         if self.weights != "imagenet":
             text += f" [{self.weights} weights]"
         if self.whitening != "none":

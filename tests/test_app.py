@@ -18,6 +18,7 @@ from cbir.cache import load_entry
 from cbir.diffusion import DiffusionRanker
 from cbir.metrics import evaluation_report
 from cbir.rerank import rerank
+from dashboard import charts
 from dashboard_fixture import METHODS, build
 
 REPO = Path(__file__).resolve().parents[1]
@@ -101,9 +102,12 @@ def test_overview_table_equals_cbir_evaluation(site):
     assert list(table.columns[:2]) == ["method", "mAP"]  # the headline is the first figure
     assert list(table["mAP"]) == sorted(table["mAP"], reverse=True)
     (chart,) = [c for c in at.get("plotly_chart")]
-    bars = json.loads(chart.proto.spec)["data"]
+    bars = [bar for bar in json.loads(chart.proto.spec)["data"] if "customdata" in bar]
     assert sorted(i for bar in bars for i in bar["customdata"]) == sorted(table["id"])
-    assert {bar["name"] for bar in bars} == {"MAC", "R-MAC"}  # one colour per pooling
+    for bar in bars:  # colour = pooling, hatching = re-ranking, one offset group per re-ranking
+        rows = table.set_index("id").loc[bar["customdata"]]
+        assert bar["marker"]["color"] == charts.POOLING_COLOURS[rows["pooling"].iloc[0]]
+        assert {bar["offsetgroup"]} == set(rows["re-ranking"]) and len(set(rows["pooling"])) == 1
 
     clicked = f"{METHODS[0].slug()}+aqe"  # a click on a bar opens that method in the explorer
     at.session_state["overview_chart"] = {"selection": {"points": [{"customdata": clicked}],

@@ -66,7 +66,7 @@ def test_fresh_clone_opens_on_the_demo_on_every_page(fresh_clone):
     assert len(base) == 12 and base["mAP"].notna().all()
     assert set(zip(base["backbone"], base["pooling"])) == {(b, p) for b in BACKBONES for p in POOLINGS}
     assert base.loc[(base["backbone"] == BACKBONES[0]) & (base["pooling"] == "rmac"), "mAP"].item() >= 86.5
-    assert table.loc[table["method"] == "Lite0 R-MAC 1024px", "study row"].item() == (
+    assert table.loc[table["method"] == "Lite0 R-MAC", "study row"].item() == (
         "Lite0 vs the study's EfficientNet-B1 R-MAC")
     assert "Paris6k (250 of 6392 images)" in at.sidebar.selectbox(key="w_dataset").options
     assert_every_page_renders(at, REPO)
@@ -117,7 +117,7 @@ def test_report_on_the_demo_prints_the_seed_study_beside_ours():
         assert main(["report", "--dataset", "paris6k", "--cache", str(DEMO_DIR)]) == 0
     text = out.getvalue()
     assert "| method | seed mAP@10 | study mAP@10 | seed mAP@100 | study mAP@100 |" in text
-    rmac = next(line for line in text.splitlines() if line.startswith("| Lite0 R-MAC 1024px |"))
+    rmac = next(line for line in text.splitlines() if line.startswith("| Lite0 R-MAC |"))
     assert "| 94.81 |" in rmac and "| 75.17 |" in rmac and "Lite0 vs the study's EfficientNet-B1 R-MAC" in rmac
     assert "Table 3: R-MAC + diffusion (alpha=0.99, k=50)" in text
     assert "tuned on the test queries" in text  # k = 50 is too large for 250 images: the grid's best follows
