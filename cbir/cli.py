@@ -155,7 +155,7 @@ def load_dataset_fast(name: str, root: Path, cache: Path):
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluation import blocked_report, store_overview_reports
+    from .evaluation import blocked_report, store_overview_reports, stored_report
     from .extraction import ensure_descriptors
     from .spectral import stored_ranker
 
@@ -170,9 +170,9 @@ def cmd_evaluate(args) -> int:
     options = extraction_options(args)
     progress = options.pop("progress")
     entry = ensure_descriptors(dataset, method, cache, progress, **options)
-    stored = store_overview_reports(dataset, entry, progress=progress)
-    report = stored.get((method, protocol)) or blocked_report(
-        method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress)
+    report = stored_report(dataset, entry.path, entry.manifest, method, protocol, lambda: blocked_report(
+        method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress))
+    store_overview_reports(dataset, entry, progress=progress)  # the dashboard then opens on stored results
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"),
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
