@@ -1,0 +1,564 @@
+"""Retrieval heads trained on frozen, cached descriptors: the study's fine-tuning, made cheap.
+
+- `lw`: supervised learned whitening from matching pairs (Radenovic et al., the
+  cnnimageretrieval `whitenlearn`): whiten the differences of matching pairs
+  (P = inverse Cholesky factor of their covariance), then rotate by the PCA of the
+  whitened, centred training data. Closed form. With fewer pairs than dimensions the
+  pair covariance is singular, so it is shrunk towards a multiple of the identity
+  (`shrinkage`; 0 is the exact closed form).
+- `linear` / `mlp`: a projection trained with cnnimageretrieval's contrastive loss
+  (`0.5 D^2` for the positive, `0.5 max(margin - D, 0)^2` per negative) on tuples
+  (anchor, positive, hard negatives); the negatives are re-mined from the current
+  head each epoch. `linear` starts from `lw` unless told otherwise.
+
+Every head ends with L2. For R-MAC it applies to each regional MAC before the sum
+(as regional whitening does), so it is trained through the aggregation; `lw` for
+R-MAC learns its pair statistics from whole-image MACs (the last region) and its
+rotation from all training regions. Model choice (best epoch, early stop) uses a
+validation split of the training images' classes; the test set is never seen.
+Heads live in `<cache>/heads/<name>/` (head.npz + manifest.json with checksums and
+provenance); training checkpoints every epoch under `<cache>/heads/.partial/`.
+torch is imported only to train; applying a head is numpy.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .cache import (CacheError, atomic_directory, atomic_write_bytes, atomic_write_text, dataset_key,
+                    load_entry, names_hash, save_entry, sha256_file)
+from .data import Dataset
+from .method import Method
+
+HEAD_KINDS = ("lw", "linear", "mlp")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+FORMAT = 1
+PARAMS_FILE = "head.npz"
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """Hyper-parameters of a head; all of them are stored with it."""
+    kind: str = "linear"
+    epochs: int = 30
+    margin: float = 0.7
+    lr: float = 1e-4
+    weight_decay: float = 1e-6
+    batch: int = 16
+    negatives: int = 5
+    dim: int | None = None
+    hidden: int = 1024
+    shrinkage: float = 0.1
+    init: str = "lw"
+    val_fraction: float = 0.2
+    patience: int = 10
+    seed: int = 0
+
+    def check(self) -> None:
+        if self.kind not in HEAD_KINDS:
+            raise ValueError(f"unknown head {self.kind!r}; choose one of {HEAD_KINDS}")
+        if self.init not in ("lw", "random"):
+            raise ValueError(f"head init must be lw or random, got {self.init!r}")
+        if self.epochs < 0 or self.batch < 1 or self.negatives < 1 or self.patience < 1:
+            raise ValueError("epochs must be >= 0; batch, negatives and patience >= 1")
+        if not 0 <= self.shrinkage <= 1:
+            raise ValueError(f"shrinkage must lie in [0, 1], got {self.shrinkage}")
+        if not 0 < self.val_fraction < 1:
+            raise ValueError(f"validation fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.margin <= 0 or self.lr <= 0:
+            raise ValueError("margin and learning rate must be positive")
+
+
+def check_name(name: str) -> str:
+    if not NAME_PATTERN.fullmatch(name or ""):
+        raise ValueError(f"head name {name!r}: use letters, digits, '_', '.', '-' (starting with a letter or digit)")
+    return name
+
+
+def head_dir(cache_root: Path, name: str) -> Path:
+    return Path(cache_root) / "heads" / check_name(name)
+
+
+# --- the closed form --------------------------------------------------------------
+
+def matching_pairs(labels) -> tuple[np.ndarray, np.ndarray]:
+    """Every unordered pair (i < j) of items with the same label."""
+    labels = np.asarray(labels)
+    i, j = np.triu_indices(len(labels), k=1)
+    same = labels[i] == labels[j]
+    return i[same], j[same]
+
+
+def learn_lw(X: np.ndarray, qidx: np.ndarray, pidx: np.ndarray, shrinkage: float = 0.0,
+             rotate_on: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(mean, projection) of Radenovic et al.'s learned whitening; apply as `(x - mean) @ projection.T`.
+
+    mean = mean of the pair anchors X[qidx]; P = inv(chol(S)) for S the covariance of
+    the pair differences X[qidx] - X[pidx] (shrunk: (1 - s) S + s tr(S)/d I); then the
+    rows of P are rotated onto the principal axes of P (rotate_on - mean), `rotate_on`
+    defaulting to X, in decreasing order of variance.
+    """
+    X = np.asarray(X, np.float64)
+    if len(qidx) == 0:
+        raise ValueError("learned whitening needs at least one matching pair (two items of one class)")
+    mean = X[qidx].mean(axis=0)
+    diff = X[qidx] - X[pidx]
+    S = diff.T @ diff / len(diff)
+    d = S.shape[0]
+    if shrinkage:
+        S = (1 - shrinkage) * S + shrinkage * np.trace(S) / d * np.eye(d)
+    try:
+        P = np.linalg.inv(np.linalg.cholesky(S))
+    except np.linalg.LinAlgError:
+        raise ValueError(f"the covariance of {len(diff)} matching-pair differences in {d} dimensions is "
+                         "singular: raise the shrinkage (e.g. 0.1) or use more pairs") from None
+    Y = (np.asarray(X if rotate_on is None else rotate_on, np.float64) - mean) @ P.T
+    eigval, eigvec = np.linalg.eigh(Y.T @ Y)
+    order = np.argsort(eigval)[::-1]
+    return mean, eigvec[:, order].T @ P
+
+
+# --- applying a head (numpy) --------------------------------------------------------
+
+@dataclass(frozen=True)
+class Head:
+    """A trained head: its kind, parameters (numpy) and manifest (provenance)."""
+    name: str
+    kind: str
+    params: dict
+    manifest: dict
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """The head on vectors (pooled descriptors or regional MACs), before the final L2."""
+        x = np.asarray(x, np.float32)
+        if self.kind == "mlp":
+            hidden = np.maximum(x @ self.params["0.weight"].T + self.params["0.bias"], 0)
+            return hidden @ self.params["2.weight"].T + self.params["2.bias"]
+        return x @ self.params["0.weight"].T + self.params["0.bias"]
+
+    def describe(self, vectors: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
+        """(n, D) descriptors: head, L2 per vector, summed per owner, L2 (one vector each: just head + L2)."""
+        from .regions import aggregate
+
+        out = self.transform(vectors)
+        out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return aggregate(out, owner, n)
+
+
+def load_head(cache_root: Path, name: str) -> Head:
+    path = head_dir(cache_root, name)
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no trained head {name!r} in this cache "
+                                f"(train it with python -m cbir finetune --name {name} ...)") from None
+    except ValueError as exc:
+        raise CacheError(f"{path}/manifest.json: not valid JSON ({exc})") from exc
+    if manifest.get("format") != FORMAT:
+        raise CacheError(f"{path}/manifest.json: head format {manifest.get('format')!r}, this version reads {FORMAT}")
+    file = path / PARAMS_FILE
+    if not file.exists() or sha256_file(file) != manifest["files"].get(PARAMS_FILE):
+        raise CacheError(f"{file}: missing or checksum mismatch (truncated or modified)")
+    with np.load(file, allow_pickle=False) as data:
+        params = {k: data[k] for k in data.files}
+    return Head(name, manifest["kind"], params, manifest)
+
+
+def list_heads(cache_root: Path) -> list[str]:
+    return sorted(p.parent.name for p in (Path(cache_root) / "heads").glob("*/manifest.json"))
+
+
+# --- never on the test set by accident -----------------------------------------------
+
+def image_files(dataset: Dataset) -> list[Path]:
+    """Every image file a dataset reads: database images and the source images of its queries."""
+    paths = [dataset.image_path(i) for i in range(len(dataset.images))]
+    paths += [dataset.query_path(q) for q in range(len(dataset.queries))]
+    return list(dict.fromkeys(Path(p).resolve() for p in paths))
+
+
+def check_overlap(head: Head | dict, dataset: Dataset) -> None:
+    """Refuse a test dataset that shares an image (same resolved path or same content) with
+    the head's training images; ValueError naming the head, the dataset and an example."""
+    manifest = head.manifest if isinstance(head, Head) else head
+    trained = manifest["training"]
+    by_path = set(trained["image_paths"])
+    by_hash = dict(zip(trained["image_sha256"], trained["image_paths"]))
+    shared = []
+    for path in image_files(dataset):
+        if str(path) in by_path:
+            shared.append(f"{path} (same path)")
+        else:
+            digest = sha256_file(path)
+            if digest in by_hash:
+                shared.append(f"{path} (same content as training image {by_hash[digest]})")
+    if shared:
+        raise ValueError(f"head {manifest['name']!r} was trained on {trained['dataset']} ({trained['root']}), "
+                         f"which shares {len(shared)} images with {dataset.name} ({dataset.root}), e.g. "
+                         f"{shared[0]}; evaluate on other images, or pass --transductive (then the method "
+                         "is labelled transductive)")
+
+
+# --- training ------------------------------------------------------------------------
+
+def validation_split(labels, fraction: float, seed: int) -> np.ndarray:
+    """A boolean mask of validation items: `fraction` of each class with at least 3 items (at least 1)."""
+    labels = np.asarray(labels)
+    rng = np.random.default_rng([seed, 7])
+    val = np.zeros(len(labels), bool)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        if len(members) >= 3:
+            val[rng.choice(members, size=max(1, int(round(fraction * len(members)))), replace=False)] = True
+    return val
+
+
+def class_map(descriptors: np.ndarray, labels: np.ndarray, query_mask: np.ndarray) -> float:
+    """mAP (reference AP) of the masked items as queries against all items, relevance = same
+    label, the query itself left out."""
+    from .metrics import compute_map
+
+    queries = np.flatnonzero(query_mask)
+    ranks = np.argsort(-(descriptors[queries] @ descriptors.T), axis=1, kind="stable")
+    gnd = [{"ok": np.flatnonzero((labels == labels[q]) & (np.arange(len(labels)) != q)), "junk": [q]}
+           for q in queries]
+    return float(compute_map(ranks, gnd)["map"])
+
+
+class Items:
+    """Training vectors grouped by image: one per image (pooled) or all its regions (R-MAC)."""
+
+    def __init__(self, vectors: np.ndarray, owner: np.ndarray, n: int):
+        import torch
+
+        order = np.argsort(owner, kind="stable")
+        self.vectors = torch.from_numpy(np.ascontiguousarray(vectors[order], np.float32))
+        self.owner = np.asarray(owner)[order]
+        self.offsets = np.concatenate([[0], np.cumsum(np.bincount(self.owner, minlength=n))])
+        self.n = n
+
+    def describe(self, net, idx: np.ndarray):
+        """Descriptors of images `idx` (in that order) through `net`, differentiable."""
+        import torch
+
+        counts = np.diff(self.offsets)[idx]
+        rows = np.concatenate([np.arange(self.offsets[i], self.offsets[i + 1]) for i in idx])
+        out = torch.nn.functional.normalize(net(self.vectors[rows]), dim=1)
+        if np.all(counts == 1):
+            return out
+        # Summing by an indicator matrix: index_add_ is 100x slower on small CPU tensors.
+        members = torch.zeros(len(idx), len(rows))
+        members[torch.from_numpy(np.repeat(np.arange(len(idx)), counts)), torch.arange(len(rows))] = 1
+        return torch.nn.functional.normalize(members @ out, dim=1)
+
+
+def build_net(options: TrainOptions, d_in: int, lw: tuple[np.ndarray, np.ndarray] | None):
+    import torch
+    from torch import nn
+
+    d_out = options.dim or d_in
+    if lw is not None and d_out > lw[1].shape[0]:
+        raise ValueError(f"head dimension {d_out} exceeds the {lw[1].shape[0]} learned-whitening components")
+    if options.kind == "mlp":
+        net = nn.Sequential(nn.Linear(d_in, options.hidden), nn.ReLU(), nn.Linear(options.hidden, d_out))
+    else:
+        net = nn.Sequential(nn.Linear(d_in, d_out))
+    if lw is not None and options.kind != "mlp":
+        mean, projection = lw
+        with torch.no_grad():
+            net[0].weight.copy_(torch.from_numpy(projection[:d_out]))
+            net[0].bias.copy_(torch.from_numpy(-(projection[:d_out] @ mean)))
+    return net
+
+
+def contrastive_loss(anchor, others, margin: float):
+    """cnnimageretrieval's ContrastiveLoss per tuple: others[:, 0] positive, others[:, 1:] negatives."""
+    import torch
+
+    dist = torch.linalg.vector_norm(others - anchor[:, None, :], dim=2)
+    loss = 0.5 * dist[:, 0] ** 2 + 0.5 * torch.clamp(margin - dist[:, 1:], min=0).pow(2).sum(dim=1)
+    return loss.mean()
+
+
+def mine_tuples(descriptors: np.ndarray, labels: np.ndarray, train: np.ndarray, negatives: int,
+                rng: np.random.Generator) -> np.ndarray:
+    """(n_anchor, 2 + negatives) rows (anchor, a random positive, the hardest negatives) over the
+    training split, anchors shuffled; anchors without a positive are skipped."""
+    members = np.flatnonzero(train)
+    sims = descriptors[members] @ descriptors[members].T
+    rows = []
+    for a in rng.permutation(len(members)):
+        same = labels[members] == labels[members[a]]
+        positives = np.flatnonzero(same & (np.arange(len(members)) != a))
+        others = np.flatnonzero(~same)
+        if len(positives) == 0 or len(others) == 0:
+            continue
+        hardest = others[np.argsort(-sims[a, others], kind="stable")[:negatives]]
+        if len(hardest) < negatives:
+            hardest = np.resize(hardest, negatives)
+        rows.append(np.concatenate([[a, rng.choice(positives)], hardest]))
+    return members[np.asarray(rows, dtype=np.int64)] if rows else np.zeros((0, 2 + negatives), np.int64)
+
+
+def _fingerprint(options: TrainOptions, method: Method, training: dict) -> str:
+    blob = json.dumps([options.__dict__, method.to_dict(), training["images_sha1"],
+                       training["content_sha1"]], sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def _checkpoint_path(cache_root: Path, name: str, fingerprint: str) -> Path:
+    return Path(cache_root) / "heads" / ".partial" / f"{check_name(name)}-{fingerprint}" / "checkpoint.pt"
+
+
+def _save_checkpoint(path: Path, state: dict) -> None:
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def _load_checkpoint(path: Path) -> dict | None:
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True)
+    except FileNotFoundError:
+        return None
+    except Exception:  # a checkpoint from another version or damaged: start over, never mix
+        path.unlink(missing_ok=True)
+        return None
+
+
+def train_head(vectors: np.ndarray, owner: np.ndarray, labels, options: TrainOptions, *, pair_vectors=None,
+               checkpoint: Path | None = None, progress=None, cancel=None, threads: int = 1) -> tuple[dict, dict]:
+    """Train a head on frozen vectors of len(labels) images; (numpy params, history).
+
+    `vectors` are one row per image (owner = arange) or every region of each image
+    (`owner[r]` = its image). `pair_vectors` (one row per image) are what the closed form
+    learns its pair statistics from (default: the images' descriptors, regions aggregated).
+    With a `checkpoint` path, every epoch is saved atomically and a run finding a
+    checkpoint resumes after its last epoch, ending with the same head (fixed seed).
+    `progress(epoch, epochs, history)` is called after each epoch; it may raise to
+    stop (as may setting `cancel`); the last checkpoint stays. One torch thread by default:
+    the matrices are small, and on a busy machine thread barriers cost more than they give.
+    """
+    from .extraction import torch_threads
+
+    with torch_threads(threads):
+        return _train(vectors, owner, labels, options, pair_vectors, checkpoint, progress, cancel)
+
+
+def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoint, progress, cancel):
+    import torch
+
+    options.check()
+    labels = np.asarray(labels)
+    n = len(labels)
+    val = validation_split(labels, options.val_fraction, options.seed)
+    train = ~val
+    if not val.any():
+        raise ValueError("the validation split is empty: each class needs at least 3 images")
+    from .regions import aggregate
+
+    plain = aggregate(vectors, owner, n)
+    qidx, pidx = matching_pairs(labels)
+    keep = train[qidx] & train[pidx]
+    lw = None
+    if options.kind == "lw" or options.init == "lw":
+        lw = learn_lw(plain if pair_vectors is None else pair_vectors, qidx[keep], pidx[keep], options.shrinkage,
+                      rotate_on=vectors[train[owner]])
+    torch.manual_seed(options.seed)
+    net = build_net(options, vectors.shape[1], lw)
+    items = Items(vectors, owner, n)
+    everyone = np.arange(n)
+
+    def current() -> np.ndarray:
+        with torch.no_grad():
+            return items.describe(net, everyone).numpy()
+
+    history = {"loss": [], "val_mAP": [class_map(current(), labels, val)], "raw_val_mAP": class_map(plain, labels, val),
+               "n_train": int(train.sum()), "n_val": int(val.sum()), "best_epoch": 0, "seconds": 0.0}
+    best = {k: v.clone() for k, v in net.state_dict().items()}
+    epochs = 0 if options.kind == "lw" else options.epochs
+    optimiser = torch.optim.Adam(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    start_epoch = 1
+    state = _load_checkpoint(checkpoint) if checkpoint else None
+    if state is not None:
+        net.load_state_dict(state["net"])
+        optimiser.load_state_dict(state["optimiser"])
+        best, history = state["best"], json.loads(state["history"])
+        start_epoch = int(state["epoch"]) + 1
+    for epoch in range(start_epoch, epochs + 1):
+        if epoch - 1 - history["best_epoch"] >= options.patience:
+            break
+        started = time.perf_counter()
+        rng = np.random.default_rng([options.seed, epoch])
+        tuples = mine_tuples(current(), labels, train, options.negatives, rng)
+        if len(tuples) == 0:
+            raise ValueError("no training tuples: the training split needs two classes with two images each")
+        losses = []
+        for b in range(0, len(tuples), options.batch):
+            batch = tuples[b:b + options.batch]
+            desc = items.describe(net, batch.ravel()).reshape(len(batch), batch.shape[1], -1)
+            loss = contrastive_loss(desc[:, 0], desc[:, 1:], options.margin)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+        history["loss"].append(float(np.mean(losses)))
+        history["val_mAP"].append(class_map(current(), labels, val))
+        if history["val_mAP"][-1] > history["val_mAP"][history["best_epoch"]]:
+            history["best_epoch"] = epoch
+            best = {k: v.clone() for k, v in net.state_dict().items()}
+        history["seconds"] += time.perf_counter() - started
+        if checkpoint:
+            _save_checkpoint(checkpoint, {"epoch": epoch, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
+                                          "best": best, "history": json.dumps(history)})
+        if progress:
+            progress(epoch, epochs, history)
+        if cancel is not None and cancel.is_set():
+            raise KeyboardInterrupt(f"training cancelled after epoch {epoch}; the checkpoint is kept")
+    return {k: v.numpy() for k, v in best.items()}, history
+
+
+# --- the whole job: data, training, storage ---------------------------------------------
+
+def training_vectors(dataset: Dataset, method: Method, cache_root: Path, progress=None, **options):
+    """(vectors, owner, lw_pairs) of the training images: pooled descriptors, or all regions for R-MAC."""
+    from .extraction import ensure_descriptors
+
+    if method.pooling == "rmac":
+        from .regions import ensure_regions
+
+        regions = ensure_regions(dataset, method, cache_root, progress,
+                                 **{k: options[k] for k in ("weights_file", "device") if k in options})
+        vectors, owner = regions.items("db")
+        whole = regions.offsets[1:len(dataset.images) + 1] - 1
+        return vectors, owner, regions.vectors[whole]
+    entry = ensure_descriptors(dataset, method, cache_root, progress, **options)
+    db = np.asarray(entry.db, np.float32)
+    return db, np.arange(len(db)), None
+
+
+def training_record(dataset: Dataset) -> dict:
+    """What a head stores about its training set: enough to recognise its images anywhere."""
+    paths = image_files(dataset)
+    digests = [sha256_file(p) for p in paths]
+    return {"dataset": dataset.name, "root": str(dataset.root), "key": dataset_key(dataset),
+            "n_images": len(dataset.images), "classes": sorted(set(dataset.labels)),
+            "images_sha1": names_hash(dataset.images), "content_sha1": names_hash(digests),
+            "image_paths": [str(p) for p in paths], "image_sha256": digests}
+
+
+def finetune(dataset: Dataset, method: Method, cache_root: Path, name: str, options: TrainOptions, *,
+             transductive_of: Dataset | None = None, progress=None, epoch_progress=None, cancel=None,
+             **extraction) -> Head:
+    """Train head `name` for `method` on the labelled `dataset` and store it with its provenance."""
+    from . import __version__
+
+    check_name(name)
+    options.check()
+    method = method.without_head().descriptor_key()
+    if method.whitening != "none":
+        raise ValueError("train heads on un-whitened descriptors: the head learns its own whitening")
+    training = training_record(dataset)
+    if len(training["classes"]) < 2:
+        raise ValueError(f"{dataset.root}: training needs at least two classes, found {training['classes']}")
+    if transductive_of is not None:
+        check_overlap({"name": name, "training": training}, transductive_of)
+    vectors, owner, pair_x = training_vectors(dataset, method, cache_root, progress, **extraction)
+    fingerprint = _fingerprint(options, method, training)
+    checkpoint = _checkpoint_path(cache_root, name, fingerprint)
+    started = time.perf_counter()
+    params, history = train_head(vectors, owner, dataset.labels, options,
+                                 pair_vectors=pair_x,
+                                 checkpoint=checkpoint, progress=epoch_progress, cancel=cancel)
+    manifest = {
+        "format": FORMAT, "name": name, "kind": options.kind, "method": method.to_dict(),
+        "method_label": method.label(), "training": training, "hyperparameters": options.__dict__,
+        "loss": "contrastive (cnnimageretrieval), margin %g" % options.margin if options.kind != "lw"
+        else "closed form (learned whitening from matching pairs)",
+        "applied": "per region inside R-MAC, then sum and L2" if method.pooling == "rmac"
+        else "on the pooled descriptor, then L2",
+        "history": history, "train_seconds": round(history["seconds"] + time.perf_counter() - started, 3),
+        "dim_in": int(vectors.shape[1]), "dim_out": int(params["2.weight" if options.kind == "mlp" else "0.weight"].shape[0]),
+        "versions": {"cbir": __version__, "numpy": np.__version__},
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    buffer = io.BytesIO()
+    np.savez(buffer, **params)
+    with atomic_directory(head_dir(cache_root, name)) as tmp:
+        (tmp / PARAMS_FILE).write_bytes(buffer.getvalue())
+        manifest["files"] = {PARAMS_FILE: sha256_file(tmp / PARAMS_FILE)}
+        atomic_write_text(tmp / "manifest.json", json.dumps(manifest, indent=1))
+    checkpoint.unlink(missing_ok=True)
+    try:
+        checkpoint.parent.rmdir()
+    except OSError:
+        pass
+    return load_head(cache_root, name)
+
+
+# --- a head as a method: its descriptors on an evaluation dataset ------------------------
+
+HEAD_INHERITED = ("versions", "weights_sha256", "weights_source", "backbone", "image_size", "resize",
+                  "query_crop", "device", "precision", "skipped_images", "missing_images",
+                  "n_images_total", "n_queries_total")
+
+
+def head_summary(head: Head, transductive: bool) -> dict:
+    """What a head entry records about its head (the evaluation's provenance)."""
+    m = head.manifest
+    return {"name": head.name, "kind": head.kind, "sha256": m["files"][PARAMS_FILE],
+            "trained_on": f"{m['training']['dataset']} ({m['training']['root']}, "
+                          f"{m['training']['n_images']} images, classes {', '.join(m['training']['classes'])})",
+            "transductive": transductive, "applied": m["applied"], "loss": m["loss"],
+            "best_epoch": m["history"]["best_epoch"], "train_seconds": m["train_seconds"],
+            "hyperparameters": m["hyperparameters"]}
+
+
+def head_entry(dataset: Dataset, method: Method, cache_root: Path, progress=None, **options):
+    """The cache entry of `method` (which names a head) on `dataset`, built from the
+    un-headed descriptors (all regions for R-MAC) when missing or made by another version
+    of the head. Refuses a test set sharing images with the head's training set unless
+    the method is marked transductive."""
+    from .extraction import ensure_descriptors
+
+    head = load_head(cache_root, method.head)
+    base = method.without_head().descriptor_key()
+    trained_for = Method.from_dict(head.manifest["method"])
+    if trained_for != base:
+        raise ValueError(f"head {head.name!r} was trained on {trained_for.label()} descriptors, "
+                         f"not {base.label()}")
+    if not method.head_transductive:
+        check_overlap(head, dataset)
+    try:
+        entry = load_entry(cache_root, dataset, method)
+        if entry.manifest.get("head", {}).get("sha256") == head.manifest["files"][PARAMS_FILE]:
+            return entry
+    except CacheError:
+        pass
+    source = ensure_descriptors(dataset, base, cache_root, progress, **options)
+    if base.pooling == "rmac":
+        from .regions import ensure_regions
+
+        regions = ensure_regions(dataset, base, cache_root, progress,
+                                 **{k: options[k] for k in ("weights_file", "device") if k in options})
+        db = head.describe(*regions.items("db"), len(dataset.images))
+        queries = head.describe(*regions.items("queries"), len(dataset.queries))
+    else:
+        db = head.describe(source.db, np.arange(len(source.db)), len(source.db))
+        queries = head.describe(source.queries, np.arange(len(source.queries)), len(source.queries))
+    dtype = options.get("dtype") or "float32"
+    extra = {k: source.manifest.get(k) for k in HEAD_INHERITED} | {
+        "storage_dtype": dtype, "derived_from": source.path.name, "head": head_summary(head, method.head_transductive)}
+    save_entry(cache_root, dataset, method, db.astype(dtype), queries.astype(dtype), extra=extra)
+    return load_entry(cache_root, dataset, method)
