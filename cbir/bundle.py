@@ -132,7 +132,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
         for method, entry in entries.items():
             db, queries, note = reduce_descriptors(entry.db, entry.queries, reduce)
-            inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening",)}
+            inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening", "head")}
             # An uploaded query is whitened as the entry was; a PCA-reduced entry cannot take it.
             whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
             save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)

@@ -278,7 +278,7 @@ def cmd_bundle(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import study_tables, to_csv, to_markdown
+    from .report import finetuning_markdown, finetuning_rows, rows_csv, study_tables, to_csv, to_markdown
 
     cache = args.cache or default_cache_dir()
     dataset = cached_dataset_by(cache, args.dataset)
@@ -291,11 +291,16 @@ def cmd_report(args) -> int:
                                               gamma=args.gamma))
     tables = study_tables(dataset, cache, methods, protocol)
     markdown = to_markdown(tables, dataset, protocol)
+    heads = finetuning_rows(dataset, cache, methods, protocol)
+    if heads:
+        markdown += "\n" + finetuning_markdown(heads)
     if args.out:
         from .cache import atomic_write_text
 
         atomic_write_text(args.out.with_suffix(".md"), markdown)
         atomic_write_text(args.out.with_suffix(".csv"), to_csv(tables))
+        if heads:
+            atomic_write_text(args.out.with_name(args.out.name + "-finetuning.csv"), rows_csv(heads))
     print(markdown)
     return 0
 

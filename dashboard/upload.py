@@ -44,6 +44,9 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
     """
     from cbir.extraction import describe_image, entry_whitening
 
+    if method.head:
+        raise ValueError(f"{method.label()}: an uploaded image cannot be described through a trained head "
+                         "yet; choose the same method without the head")
     backbone = _backbone(method.backbone, method.weights)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{Path(name).suffix.lower()}"

@@ -145,3 +145,86 @@ def test_method_slug_and_label_unchanged_without_a_head():
     assert json.loads(json.dumps(headed.to_dict())) == headed.to_dict()
     with pytest.raises(ValueError, match="needs a head"):
         Method(head_transductive=True)
+
+
+# --- end to end: CLI finetune, evaluate --head, report (random-weight Lite0 at 64 px) -----------------
+
+SIZE = ["--backbone", "tf_efficientnet_lite0", "--size", "64", "--weights", "random", "--workers", "0",
+        "--threads", "1"]
+
+
+def cli(capsys, *argv) -> tuple[int, str, str]:
+    from cbir.cli import main
+
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """(training csv, test root, cache) with heads lw-gem and linear-rmac trained on the csv."""
+    pytest.importorskip("timm")
+    from cbir.cli import main
+    from synthetic import make_csv_manifest, make_paris_like
+
+    tmp = tmp_path_factory.mktemp("heads")
+    train = make_csv_manifest(tmp / "train", classes=("cats", "dogs", "birds"), per_class=6)
+    test = make_paris_like(tmp / "test")
+    cache = tmp / "cache"
+    for pooling, kind in (("gem", "lw"), ("rmac", "linear")):
+        assert main(["finetune", "--dataset", "csv", "--root", str(train), *SIZE, "--pooling", pooling,
+                     "--head", kind, "--name", f"{kind}-{pooling}", "--epochs", "2", "--cache", str(cache)]) == 0
+    return train, test, cache
+
+
+def test_evaluate_with_a_head_prints_the_same_report_with_the_head_named(trained, capsys):
+    train, test, cache = trained
+    common = ["--dataset", "paris6k", "--root", test, *SIZE, "--cache", cache]
+    for pooling, head in (("gem", "lw-gem"), ("rmac", "linear-rmac")):
+        code, out, err = cli(capsys, "evaluate", *common, "--pooling", pooling)
+        assert code == 0, err
+        before = json.loads(out)
+        code, out, err = cli(capsys, "evaluate", *common, "--pooling", pooling, "--head", head)
+        assert code == 0, err
+        after = json.loads(out)
+        assert set(after) == set(before)
+        assert after["method"] == before["method"] + f" + head {head}"
+        assert after["head"]["name"] == head and "csv" in after["head"]["trained_on"]
+        assert after["cache_entry"].endswith(f"-head_{head.replace('-', '_')}")
+        assert 0 <= after["mAP"] <= 1 and after["n_queries"] == before["n_queries"]
+
+
+def test_rmac_regions_sum_to_the_cached_rmac_descriptors(trained):
+    from cbir.extraction import ensure_descriptors
+    from cbir.regions import aggregate, load_regions
+
+    train, _, cache = trained
+    dataset = load_dataset("csv", train)
+    method = Method(backbone="tf_efficientnet_lite0", pooling="rmac", size=64, weights="random")
+    regions = load_regions(cache, dataset, method)
+    vectors, owner = regions.items("db")
+    assert np.allclose(aggregate(vectors, owner, len(dataset.images)), ensure_descriptors(dataset, method, cache, workers=0, threads=1).db, atol=1e-5)
+
+
+def test_evaluating_a_head_on_its_training_images_is_refused_unless_transductive(trained, capsys):
+    train, _, cache = trained
+    common = ["--dataset", "csv", "--root", train, *SIZE, "--cache", cache, "--pooling", "gem", "--head", "lw-gem"]
+    code, out, err = cli(capsys, "evaluate", *common)
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1
+    assert "shares 18 images" in err and "--transductive" in err
+    code, out, err = cli(capsys, "evaluate", *common, "--transductive")
+    assert code == 0, err
+    assert json.loads(out)["method"].endswith("+ head lw-gem (transductive)")
+
+
+def test_report_has_a_finetuning_table(trained, capsys):
+    train, test, cache = trained
+    code, _, err = cli(capsys, "evaluate", "--dataset", "paris6k", "--root", test, *SIZE, "--cache", cache,
+                       "--pooling", "gem", "--head", "lw-gem")
+    assert code == 0, err
+    code, out, err = cli(capsys, "report", "--dataset", "paris6k", "--cache", cache, "--k", "5")
+    assert code == 0, err
+    section = out.split("## Fine-tuning")[1]
+    row = next(line for line in section.splitlines() if "lw lw-gem" in line)
+    assert "csv" in row and "| no |" in row
