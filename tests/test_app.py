@@ -266,7 +266,7 @@ def test_data_page_refuses_a_folder_outside_the_data_root(site):
     at = app(PAGES[5])
     no_exception(at)
     at.text_input[1].set_value("../../etc")
-    at.button[-1].click().run()
+    next(b for b in at.button if b.label == "Extract").click().run()
     no_exception(at)
     assert any("outside the data root" in e.value for e in at.error)
 
@@ -390,3 +390,25 @@ def test_uploaded_image_gets_the_descriptor_the_cache_has_for_it(tmp_path):
     for method in methods + whitened:
         described = upload.describe(data, query.path, box, method, cached[method])
         np.testing.assert_allclose(described[0], cached[method].queries[2], atol=1e-5)
+
+
+def test_data_page_trains_a_head_with_a_progress_bar_and_loss_curve(site):
+    pytest.importorskip("timm")
+    from cbir.heads import load_head
+    from synthetic import make_class_folder
+
+    data_dir, cache_dir, _ = site
+    make_class_folder(data_dir / "train", per_class=5)
+    at = app(PAGES[5])
+    form = {t.label: t for t in at.text_input}
+    form["Training dataset (folder, or the csv file, under the data root)"].set_value("train")
+    form["Head name"].set_value("page-head")
+    next(n for n in at.number_input if n.label == "Max image side (px)").set_value(64)
+    next(n for n in at.number_input if n.label == "Epochs").set_value(2)
+    next(b for b in at.button if b.label == "Train").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    head = load_head(cache_dir, "page-head")
+    assert head.kind == "linear" and len(head.manifest["history"]["loss"]) == 2
+    assert any(s.label.startswith("Head 'page-head' stored") for s in at.status)
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
