@@ -214,7 +214,8 @@ def cmd_finetune(args) -> int:
     extraction = extraction_options(args)
     try:
         head = finetune(dataset, method, cache, args.name, options, transductive_of=test,
-                        progress=extraction.pop("progress"), epoch_progress=epoch_bar(args.epochs), **extraction)
+                        progress=extraction.pop("progress"),
+                        epoch_progress=None if args.head == "lw" else epoch_bar(args.epochs), **extraction)
     except KeyboardInterrupt:
         print("\ninterrupted: the last epoch's checkpoint is kept; run the same command to resume",
               file=sys.stderr)

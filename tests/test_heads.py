@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from cbir.data import load_dataset
+from cbir.data import Dataset, load_dataset
 from cbir.heads import (Head, TrainOptions, check_overlap, class_map, learn_lw, matching_pairs,
                         train_head, training_record)
 from cbir.method import Method
@@ -228,3 +228,22 @@ def test_report_has_a_finetuning_table(trained, capsys):
     section = out.split("## Fine-tuning")[1]
     row = next(line for line in section.splitlines() if "lw lw-gem" in line)
     assert "csv" in row and "| no |" in row
+
+
+def test_a_bundle_carries_a_head_method_with_its_provenance(trained, tmp_path):
+    from cbir.bundle import build_bundle, verify_bundle
+    from cbir.cache import list_entries, load_entry
+    from cbir.extraction import ensure_descriptors
+
+    _, test, cache = trained
+    dataset = load_dataset("paris6k", test)
+    method = Method(backbone="tf_efficientnet_lite0", pooling="gem", size=64, weights="random", head="lw-gem")
+    entry = ensure_descriptors(dataset, method, cache, workers=0, threads=1)
+    manifest = build_bundle(cache, dataset, [method], tmp_path / "bundle", layouts=False, grid_protocols=())
+    verify_bundle(tmp_path / "bundle")
+    assert manifest["methods"] == [method.to_dict()]
+    key = manifest["dataset_key"]
+    assert list_entries(tmp_path / "bundle", key) == [method]
+    bundled = load_entry(tmp_path / "bundle", Dataset.load(tmp_path / "bundle" / key / "dataset.json"), method)
+    assert bundled.manifest["head"] == entry.manifest["head"]
+    assert np.allclose(bundled.db, entry.db, atol=1e-3)  # float16 storage
