@@ -210,7 +210,8 @@ def cmd_finetune(args) -> int:
     (method,) = methods_from_args(args, [args.pooling])
     options = TrainOptions(kind=args.head, epochs=args.epochs, margin=args.margin, lr=args.lr, batch=args.batch,
                            negatives=args.negatives, dim=args.dim, hidden=args.hidden, shrinkage=args.shrinkage,
-                           init=args.init, val_fraction=args.val_fraction, patience=args.patience, seed=args.seed)
+                           init=args.init, val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                           unfreeze=args.unfreeze)
     extraction = extraction_options(args)
     try:
         head = finetune(dataset, method, cache, args.name, options, transductive_of=test,
@@ -347,7 +348,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "training dataset (classes: folder or csv)")
     add_dataset_args(p)
     add_method_args(p, many_poolings=False)
-    from .heads import HEAD_KINDS, TrainOptions
+    from .heads import HEAD_KINDS, UNFREEZE, TrainOptions
 
     defaults = TrainOptions()
     p.add_argument("--head", required=True, choices=HEAD_KINDS,
@@ -368,6 +369,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patience", type=int, default=defaults.patience,
                    help="stop after this many epochs without a better validation mAP")
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--unfreeze", choices=UNFREEZE, default="none",
+                   help="last-stage: fine-tune the backbone's last stage with the head, from the images "
+                        "(for a GPU; the default trains the head alone on cached descriptors)")
     p.add_argument("--test-dataset", choices=DATASETS, help="refuse now if it shares images with the training set")
     p.add_argument("--test-root", type=Path)
     p.set_defaults(func=cmd_finetune)

@@ -38,6 +38,7 @@ from .data import Dataset
 from .method import Method
 
 HEAD_KINDS = ("lw", "linear", "mlp")
+UNFREEZE = ("none", "last-stage")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 FORMAT = 1
 PARAMS_FILE = "head.npz"
@@ -60,6 +61,7 @@ class TrainOptions:
     val_fraction: float = 0.2
     patience: int = 10
     seed: int = 0
+    unfreeze: str = "none"
 
     def check(self) -> None:
         if self.kind not in HEAD_KINDS:
@@ -72,6 +74,8 @@ class TrainOptions:
             raise ValueError(f"shrinkage must lie in [0, 1], got {self.shrinkage}")
         if not 0 < self.val_fraction < 1:
             raise ValueError(f"validation fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.unfreeze not in UNFREEZE:
+            raise ValueError(f"unfreeze must be one of {UNFREEZE}, got {self.unfreeze!r}")
         if self.margin <= 0 or self.lr <= 0:
             raise ValueError("margin and learning rate must be positive")
 
@@ -361,38 +365,54 @@ def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoi
 
     options.check()
     labels = np.asarray(labels)
-    n = len(labels)
     val = validation_split(labels, options.val_fraction, options.seed)
+    from .regions import aggregate
+
+    plain = aggregate(vectors, owner, len(labels))
+    lw = None
+    if options.kind == "lw" or options.init == "lw":
+        lw = learned_whitening(plain if pair_vectors is None else pair_vectors, labels, ~val, options.shrinkage,
+                               rotate_on=vectors[~val[owner]])
+    torch.manual_seed(options.seed)
+    net = build_net(options, vectors.shape[1], lw)
+    items = Items(vectors, owner, len(labels))
+    return fit(net, lambda idx: items.describe(net, idx), labels, val, class_map(plain, labels, val), options,
+               0 if options.kind == "lw" else options.epochs, checkpoint, progress, cancel)
+
+
+def learned_whitening(pair_vectors: np.ndarray, labels: np.ndarray, train: np.ndarray, shrinkage: float,
+                      rotate_on: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`learn_lw` from the matching pairs of the training split."""
+    qidx, pidx = matching_pairs(labels)
+    keep = train[qidx] & train[pidx]
+    return learn_lw(pair_vectors, qidx[keep], pidx[keep], shrinkage, rotate_on=rotate_on)
+
+
+def fit(module, describe, labels: np.ndarray, val: np.ndarray, raw_val_map: float, options: TrainOptions,
+        epochs: int, checkpoint: Path | None, progress, cancel) -> tuple[dict, dict]:
+    """Contrastive training of `module`'s parameters; `describe(idx)` gives the (differentiable,
+    L2-normalised) descriptors of training images idx. Returns the best epoch's state (numpy)
+    by validation mAP and the history; checkpoints and resumes as `train_head` says."""
+    import torch
+
     train = ~val
     if not val.any():
         raise ValueError("the validation split is empty: each class needs at least 3 images")
-    from .regions import aggregate
-
-    plain = aggregate(vectors, owner, n)
-    qidx, pidx = matching_pairs(labels)
-    keep = train[qidx] & train[pidx]
-    lw = None
-    if options.kind == "lw" or options.init == "lw":
-        lw = learn_lw(plain if pair_vectors is None else pair_vectors, qidx[keep], pidx[keep], options.shrinkage,
-                      rotate_on=vectors[train[owner]])
-    torch.manual_seed(options.seed)
-    net = build_net(options, vectors.shape[1], lw)
-    items = Items(vectors, owner, n)
-    everyone = np.arange(n)
+    everyone = np.arange(len(labels))
 
     def current() -> np.ndarray:
         with torch.no_grad():
-            return items.describe(net, everyone).numpy()
+            return describe(everyone).numpy()
 
-    history = {"loss": [], "val_mAP": [class_map(current(), labels, val)], "raw_val_mAP": class_map(plain, labels, val),
+    history = {"loss": [], "val_mAP": [class_map(current(), labels, val)], "raw_val_mAP": raw_val_map,
                "n_train": int(train.sum()), "n_val": int(val.sum()), "best_epoch": 0, "seconds": 0.0}
-    best = {k: v.clone() for k, v in net.state_dict().items()}
-    epochs = 0 if options.kind == "lw" else options.epochs
-    optimiser = torch.optim.Adam(net.parameters(), lr=options.lr, weight_decay=options.weight_decay)
+    best = {k: v.clone() for k, v in module.state_dict().items()}
+    optimiser = torch.optim.Adam([p for p in module.parameters() if p.requires_grad], lr=options.lr,
+                                 weight_decay=options.weight_decay)
     start_epoch = 1
     state = _load_checkpoint(checkpoint) if checkpoint else None
     if state is not None:
-        net.load_state_dict(state["net"])
+        module.load_state_dict(state["net"])
         optimiser.load_state_dict(state["optimiser"])
         best, history = state["best"], json.loads(state["history"])
         start_epoch = int(state["epoch"]) + 1
@@ -407,7 +427,7 @@ def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoi
         losses = []
         for b in range(0, len(tuples), options.batch):
             batch = tuples[b:b + options.batch]
-            desc = items.describe(net, batch.ravel()).reshape(len(batch), batch.shape[1], -1)
+            desc = describe(batch.ravel()).reshape(len(batch), batch.shape[1], -1)
             loss = contrastive_loss(desc[:, 0], desc[:, 1:], options.margin)
             optimiser.zero_grad()
             loss.backward()
@@ -417,11 +437,12 @@ def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoi
         history["val_mAP"].append(class_map(current(), labels, val))
         if history["val_mAP"][-1] > history["val_mAP"][history["best_epoch"]]:
             history["best_epoch"] = epoch
-            best = {k: v.clone() for k, v in net.state_dict().items()}
+            best = {k: v.clone() for k, v in module.state_dict().items()}
         history["seconds"] += time.perf_counter() - started
         if checkpoint:
-            _save_checkpoint(checkpoint, {"epoch": epoch, "net": net.state_dict(), "optimiser": optimiser.state_dict(),
-                                          "best": best, "history": json.dumps(history)})
+            _save_checkpoint(checkpoint, {"epoch": epoch, "net": module.state_dict(),
+                                          "optimiser": optimiser.state_dict(), "best": best,
+                                          "history": json.dumps(history)})
         if progress:
             progress(epoch, epochs, history)
         if cancel is not None and cancel.is_set():
@@ -474,13 +495,20 @@ def finetune(dataset: Dataset, method: Method, cache_root: Path, name: str, opti
         raise ValueError(f"{dataset.root}: training needs at least two classes, found {training['classes']}")
     if transductive_of is not None:
         check_overlap({"name": name, "training": training}, transductive_of)
-    vectors, owner, pair_x = training_vectors(dataset, method, cache_root, progress, **extraction)
-    fingerprint = _fingerprint(options, method, training)
-    checkpoint = _checkpoint_path(cache_root, name, fingerprint)
+    checkpoint = _checkpoint_path(cache_root, name, _fingerprint(options, method, training))
     started = time.perf_counter()
-    params, history = train_head(vectors, owner, dataset.labels, options,
-                                 pair_vectors=pair_x,
-                                 checkpoint=checkpoint, progress=epoch_progress, cancel=cancel)
+    if options.unfreeze == "last-stage":
+        from .unfreeze import train_unfrozen
+
+        params, history = train_unfrozen(dataset, method, options, checkpoint=checkpoint, progress=progress,
+                                         epoch_progress=epoch_progress, cancel=cancel,
+                                         weights_file=extraction.get("weights_file"))
+    else:
+        vectors, owner, pair_x = training_vectors(dataset, method, cache_root, progress, **extraction)
+        params, history = train_head(vectors, owner, dataset.labels, options, pair_vectors=pair_x,
+                                     checkpoint=checkpoint, progress=epoch_progress, cancel=cancel)
+    weights = [v for k, v in params.items() if k.endswith("weight") and k.startswith(
+        "head." if options.unfreeze != "none" else "")]
     manifest = {
         "format": FORMAT, "name": name, "kind": options.kind, "method": method.to_dict(),
         "method_label": method.label(), "training": training, "hyperparameters": options.__dict__,
@@ -489,7 +517,7 @@ def finetune(dataset: Dataset, method: Method, cache_root: Path, name: str, opti
         "applied": "per region inside R-MAC, then sum and L2" if method.pooling == "rmac"
         else "on the pooled descriptor, then L2",
         "history": history, "train_seconds": round(history["seconds"] + time.perf_counter() - started, 3),
-        "dim_in": int(vectors.shape[1]), "dim_out": int(params["2.weight" if options.kind == "mlp" else "0.weight"].shape[0]),
+        "unfreeze": options.unfreeze, "dim_in": int(weights[0].shape[1]), "dim_out": int(weights[-1].shape[0]),
         "versions": {"cbir": __version__, "numpy": np.__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -547,7 +575,11 @@ def head_entry(dataset: Dataset, method: Method, cache_root: Path, progress=None
     except CacheError:
         pass
     source = ensure_descriptors(dataset, base, cache_root, progress, **options)
-    if base.pooling == "rmac":
+    if head.manifest.get("unfreeze", "none") != "none":
+        from .unfreeze import describe_dataset
+
+        db, queries = describe_dataset(dataset, method, head, options.get("weights_file"), progress)
+    elif base.pooling == "rmac":
         from .regions import ensure_regions
 
         regions = ensure_regions(dataset, base, cache_root, progress,

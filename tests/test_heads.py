@@ -247,3 +247,50 @@ def test_a_bundle_carries_a_head_method_with_its_provenance(trained, tmp_path):
     bundled = load_entry(tmp_path / "bundle", Dataset.load(tmp_path / "bundle" / key / "dataset.json"), method)
     assert bundled.manifest["head"] == entry.manifest["head"]
     assert np.allclose(bundled.db, entry.db, atol=1e-3)  # float16 storage
+
+
+# --- --unfreeze last-stage, on tiny random-weight networks ------------------------------------------
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv3_small_050", "resnet10t"])
+def test_frozen_layers_then_last_stage_are_the_feature_map(name):
+    pytest.importorskip("timm")
+    from cbir.backbones import load_backbone
+    from cbir.unfreeze import split_last_stage
+
+    backbone = load_backbone(name, weights="random")
+    frozen, last = split_last_stage(backbone.classifier)
+    x = torch.randn(1, 3, 64, 80)
+    with torch.no_grad():
+        assert torch.allclose(last(frozen(x)), backbone.model(x), atol=1e-5)
+
+
+def test_unfreeze_last_stage_tunes_the_stage_and_evaluates_through_it(tmp_path, capsys):
+    pytest.importorskip("timm")
+    from cbir.backbones import load_backbone
+    from cbir.heads import load_head
+    from cbir.unfreeze import split_last_stage, train_unfrozen
+    from synthetic import make_csv_manifest, make_paris_like
+
+    train = make_csv_manifest(tmp_path / "train", classes=("cats", "dogs", "birds"), per_class=5)
+    method = Method(backbone="resnet10t", pooling="gem", size=64, weights="random")
+    checkpoint = tmp_path / "checkpoint.pt"
+    train_unfrozen(load_dataset("csv", train), method, TrainOptions(epochs=2, lr=1e-3, patience=5),
+                   checkpoint=checkpoint)
+    _, last = split_last_stage(load_backbone("resnet10t", weights="random").classifier)
+    after = torch.load(checkpoint, weights_only=True)["net"]
+    assert all(not torch.equal(after[f"stage.{k}"], v) for k, v in last.state_dict().items() if k.endswith("conv1.weight"))
+
+    test = make_paris_like(tmp_path / "test")
+    tiny = ["--backbone", "resnet10t", "--size", "64", "--weights", "random", "--cache", tmp_path / "cache",
+            "--pooling", "gem"]
+    code, out, err = cli(capsys, "finetune", "--dataset", "csv", "--root", train, *tiny, "--head", "linear",
+                         "--name", "tuned", "--epochs", "2", "--unfreeze", "last-stage")
+    assert code == 0, err
+    head = load_head(tmp_path / "cache", "tuned")
+    assert head.manifest["unfreeze"] == "last-stage" and head.manifest["dim_in"] == 512
+    assert any(k.startswith("stage.") for k in head.params)
+    code, out, err = cli(capsys, "evaluate", "--dataset", "paris6k", "--root", test, *tiny, "--head", "tuned",
+                         "--workers", "0")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["method"].endswith("+ head tuned") and 0 <= report["mAP"] <= 1
