@@ -218,6 +218,20 @@ def test_evaluating_a_head_on_its_training_images_is_refused_unless_transductive
     assert json.loads(out)["method"].endswith("+ head lw-gem (transductive)")
 
 
+def test_a_missing_head_a_mismatched_method_or_a_test_set_seen_in_training_is_one_line_error(trained, capsys):
+    train, test, cache = trained
+    common = ["--dataset", "paris6k", "--root", test, *SIZE, "--cache", cache]
+    code, _, err = cli(capsys, "evaluate", *common, "--pooling", "gem", "--head", "nope")
+    assert code == 2 and "no trained head 'nope'" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, "evaluate", *common, "--pooling", "rmac", "--head", "lw-gem")
+    assert code == 2 and "was trained on tf_efficientnet_lite0 GEM 64px" in err
+    code, _, err = cli(capsys, "finetune", "--dataset", "csv", "--root", train, *SIZE, "--cache", cache,
+                       "--pooling", "gem", "--head", "lw", "--name", "again", "--test-dataset", "csv",
+                       "--test-root", train)
+    assert code == 2 and "shares 18 images" in err
+    assert not (cache / "heads" / "again").exists()
+
+
 def test_report_has_a_finetuning_table(trained, capsys):
     train, test, cache = trained
     code, _, err = cli(capsys, "evaluate", "--dataset", "paris6k", "--root", test, *SIZE, "--cache", cache,
