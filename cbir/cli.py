@@ -226,6 +226,7 @@ def cmd_finetune(args) -> int:
                 "evaluate_with": f"--head {head.name}", "trained_on": m["training"]["dataset"],
                 "training_root": m["training"]["root"], "classes": m["training"]["classes"],
                 "dim_in": m["dim_in"], "dim_out": m["dim_out"], "train_seconds": m["train_seconds"],
+                "epoch_seconds": m["epoch_seconds"],
                 "best_epoch": m["history"]["best_epoch"], "raw_val_mAP": m["history"]["raw_val_mAP"],
                 "val_mAP": m["history"]["val_mAP"], "loss": m["history"]["loss"],
                 "path": str(cache / "heads" / head.name)})

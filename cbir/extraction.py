@@ -600,7 +600,7 @@ def ensure_descriptors(dataset: Dataset, method: Method, cache_root: Path, progr
     before it is rebuilt, so nobody silently waits for a re-extraction.
     """
     if method.head:
-        from .heads import head_entry
+        from .headstore import head_entry
 
         return head_entry(dataset, method, cache_root, progress, **options)
     try:

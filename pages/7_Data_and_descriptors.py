@@ -13,13 +13,13 @@ from pathlib import Path
 import streamlit as st
 
 from cbir.cache import CacheError, load_entry, read_manifest
+from cbir.heads import HEAD_KINDS
 from cbir.method import POOLINGS
 from dashboard import gallery, loaders, sidebar, state
 
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
 KINDS = BENCHMARKS + ("folder",)
 TRAIN_KINDS = ("folder", "csv") + BENCHMARKS
-HEAD_KINDS = ("lw", "linear", "mlp")  # cbir.heads.HEAD_KINDS, without importing the trainer
 
 sidebar.open_page("Data and descriptors", needs_data=False)
 data_root, cache_root = state.data_root(), state.cache_root()

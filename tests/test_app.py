@@ -394,7 +394,7 @@ def test_uploaded_image_gets_the_descriptor_the_cache_has_for_it(tmp_path):
 
 def test_data_page_trains_a_head_with_a_progress_bar_and_loss_curve(site):
     pytest.importorskip("timm")
-    from cbir.heads import load_head
+    from cbir.headstore import load_head
     from synthetic import make_class_folder
 
     data_dir, cache_dir, _ = site

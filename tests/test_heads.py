@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from cbir.data import Dataset, load_dataset
-from cbir.heads import (Head, TrainOptions, check_overlap, class_map, learn_lw, matching_pairs,
-                        train_head, training_record)
+from cbir.heads import TrainOptions, class_map, learn_lw, matching_pairs, train_head
+from cbir.headstore import Head, check_overlap, training_record
 from cbir.method import Method
 from synthetic import clustered_unit_vectors, make_class_folder
 
@@ -281,7 +281,7 @@ def test_frozen_layers_then_last_stage_are_the_feature_map(name):
 def test_unfreeze_last_stage_tunes_the_stage_and_evaluates_through_it(tmp_path, capsys):
     pytest.importorskip("timm")
     from cbir.backbones import load_backbone
-    from cbir.heads import load_head
+    from cbir.headstore import load_head
     from cbir.unfreeze import split_last_stage, train_unfrozen
     from synthetic import make_csv_manifest, make_paris_like
 
