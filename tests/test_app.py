@@ -412,3 +412,26 @@ def test_data_page_trains_a_head_with_a_progress_bar_and_loss_curve(site):
     assert head.kind == "linear" and len(head.manifest["history"]["loss"]) == 2
     assert any(s.label.startswith("Head 'page-head' stored") for s in at.status)
     assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+
+
+def test_a_head_method_is_listed_and_evaluated_like_any_method(site):
+    pytest.importorskip("torch")
+    from cbir.headstore import head_entry
+    from cbir.heads import TrainOptions, finetune
+    from cbir.method import Method
+
+    _, cache_dir, dataset = site
+    finetune(dataset, Method(pooling="mac"), cache_dir, "lw-tiny", TrainOptions(kind="lw", shrinkage=0.1))
+    with pytest.raises(ValueError, match="--transductive"):
+        head_entry(dataset, Method(pooling="mac", head="lw-tiny"), cache_dir)
+    method = Method(pooling="mac", head="lw-tiny", head_transductive=True)
+    head_entry(dataset, method, cache_dir)
+    at = app()
+    no_exception(at)
+    table = at.dataframe[0].value
+    row = table[table["id"] == method.slug()].iloc[0]
+    assert "head lw-tiny (transductive)" in row["method"]
+    report = evaluation_report(ranking(dataset, cache_dir, method), dataset, "original")
+    assert row["mAP"] == pytest.approx(100 * report["mAP"])
+    for page in PAGES[:4]:
+        no_exception(app(page))
