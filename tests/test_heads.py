@@ -308,3 +308,19 @@ def test_unfreeze_last_stage_tunes_the_stage_and_evaluates_through_it(tmp_path, 
     assert code == 0, err
     report = json.loads(out)
     assert report["method"].endswith("+ head tuned") and 0 <= report["mAP"] <= 1
+
+
+@pytest.mark.parametrize("kind", ["linear", "mlp"])
+def test_stored_head_applies_in_numpy_exactly_as_it_was_trained(kind):
+    from cbir.heads import Items, build_net
+
+    X, labels = confusing_classes(4, 12, seed=5)
+    owner = np.repeat(np.arange(len(X) // 2), 2)  # two "regions" per image
+    options = TrainOptions(kind=kind, epochs=2, hidden=16, lr=1e-3, init="random")
+    params, _ = train_head(X, owner, labels[::2], options)
+    head = Head("h", kind, params, {})
+    net = build_net(options, X.shape[1], None)
+    net.load_state_dict({k: torch.from_numpy(v) for k, v in params.items()})
+    with torch.no_grad():
+        trained = Items(X, owner, len(X) // 2).describe(net, np.arange(len(X) // 2)).numpy()
+    assert np.allclose(head.describe(X, owner, len(X) // 2), trained, atol=1e-5)
