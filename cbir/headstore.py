@@ -156,8 +156,8 @@ def head_entry(dataset: Dataset, method: Method, cache_root: Path, progress=None
         check_overlap(head, dataset)
     try:
         entry = load_entry(cache_root, dataset, method)
-        if entry.manifest.get("head", {}).get("sha256") == head.manifest["files"][PARAMS_FILE]:
-            return entry
+        if entry.manifest.get("head") == head_summary(head, method.head_transductive):
+            return entry  # the same head, retrained or not: its provenance must match too
     except CacheError:
         pass
     source = ensure_descriptors(dataset, base, cache_root, progress, **options)
