@@ -13,7 +13,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-DATASETS = ("paris6k", "rparis6k", "oxford5k", "roxford5k", "folder", "csv")
+DATASETS = ("paris6k", "rparis6k", "oxford5k", "roxford5k", "folder", "csv", "sfm120k")
 
 
 def default_cache_dir() -> Path:

@@ -19,7 +19,7 @@ from dashboard import gallery, loaders, sidebar, state
 
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
 KINDS = BENCHMARKS + ("folder",)
-TRAIN_KINDS = ("folder", "csv") + BENCHMARKS
+TRAIN_KINDS = ("folder", "csv", "sfm120k") + BENCHMARKS
 
 sidebar.open_page("Data and descriptors", needs_data=False)
 data_root, cache_root = state.data_root(), state.cache_root()

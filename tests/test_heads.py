@@ -324,3 +324,28 @@ def test_stored_head_applies_in_numpy_exactly_as_it_was_trained(kind):
     with torch.no_grad():
         trained = Items(X, owner, len(X) // 2).describe(net, np.arange(len(X) // 2)).numpy()
     assert np.allclose(head.describe(X, owner, len(X) // 2), trained, atol=1e-5)
+
+
+def test_sfm120k_training_pickle_is_a_labelled_collection_by_cluster(tmp_path):
+    import pickle
+
+    from cbir.sfm import cid_path
+    from synthetic import landmark_image, write_jpeg
+
+    rng = np.random.default_rng(0)
+    cids = [f"{i:02d}ab{i:02d}cd{i:02d}ef" for i in range(7)]
+    clusters = [0, 0, 0, 1, 1, 1, 2]
+    for cid, cluster in zip(cids[:-1], clusters[:-1]):  # the last image is not downloaded
+        write_jpeg(tmp_path / cid_path(cid), landmark_image(cluster, (48, 32), rng))
+    split = {"cids": cids, "cluster": clusters, "qidxs": [0, 3, 0, 6], "pidxs": [1, 4, 2, 5]}
+    (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps({"train": split, "val": split}))
+    dataset = load_dataset("sfm120k", tmp_path)
+    assert dataset.images == cids[:-1] and dataset.labels == ["0", "0", "0", "1", "1", "1"]
+    assert [q.name for q in dataset.queries] == [cids[0], cids[3]]  # the pool, deduplicated, present only
+    assert dataset.missing == [cids[-1]]
+    assert sorted(dataset.images[i] for i in dataset.gnd["class"][0]["ok"]) == cids[1:3]
+    with pytest.raises(ValueError, match="split must be one of"):
+        load_dataset("sfm120k", tmp_path, split="test")
+    (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps({"train": {"cids": cids}}))
+    with pytest.raises(ValueError, match="expected"):
+        load_dataset("sfm120k", tmp_path)
