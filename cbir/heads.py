@@ -263,7 +263,8 @@ def train_head(vectors: np.ndarray, owner: np.ndarray, labels, options: TrainOpt
     from .extraction import torch_threads
 
     with torch_threads(threads):
-        return _train(vectors, owner, labels, options, pair_vectors, checkpoint, progress, cancel)
+        return _train(vectors, owner, labels, options, pair_vectors, Path(checkpoint) if checkpoint else None,
+                      progress, cancel)
 
 
 def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoint, progress, cancel):

@@ -119,6 +119,45 @@ def test_killed_training_resumes_to_the_same_head(tmp_path):
     assert history["loss"] == ref_history["loss"] and history["val_mAP"] == ref_history["val_mAP"]
 
 
+KILLED_RUN = """
+import sys, time
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_heads import confusing_classes
+from cbir.heads import TrainOptions, train_head
+X, labels = confusing_classes(6, 15, seed=3)
+train_head(X, np.arange(len(X)), labels, TrainOptions(kind="linear", epochs=6, lr=1e-2, patience=6, seed=4),
+           checkpoint=sys.argv[1], progress=lambda *_: time.sleep(0.5))
+"""
+
+
+def test_a_process_killed_mid_training_resumes_to_the_same_head(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    X, labels = confusing_classes(6, 15, seed=3)
+    options = TrainOptions(kind="linear", epochs=6, lr=1e-2, patience=6, seed=4)
+    reference, _ = train_head(X, np.arange(len(X)), labels, options)
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    root = Path(__file__).resolve().parents[1]
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_RUN, str(checkpoint), str(root / "tests")],
+                            env={**os.environ, "PYTHONPATH": str(root)})
+    deadline = time.monotonic() + 120
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = torch.load(checkpoint, weights_only=True)["epoch"]
+    assert killed_at < 6
+    resumed, history = train_head(X, np.arange(len(X)), labels, options, checkpoint=checkpoint)
+    assert all(np.array_equal(reference[k], resumed[k]) for k in reference)
+    assert len(history["loss"]) == 6
+
+
 def test_overlap_with_the_training_images_is_refused_by_path_and_by_content(tmp_path):
     train = load_dataset("folder", make_class_folder(tmp_path / "train"))
     record = {"name": "h", "training": training_record(train)}
