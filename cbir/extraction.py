@@ -469,7 +469,7 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
     save_dataset(cache_root, dataset)
     headed = [m for m in methods if m.head]
     if headed:
-        raise ValueError(f"{headed[0].label()}: a trained head's descriptors come from cbir.heads.head_entry "
+        raise ValueError(f"{headed[0].label()}: a trained head's descriptors come from cbir.headstore.head_entry "
                          "(ensure_descriptors routes there), not from an extraction")
     wanted = {m: m.descriptor_key() for m in methods}
     entries: dict[Method, Entry] = {}

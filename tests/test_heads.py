@@ -388,3 +388,16 @@ def test_sfm120k_training_pickle_is_a_labelled_collection_by_cluster(tmp_path):
     (tmp_path / "retrieval-SfM-120k.pkl").write_bytes(pickle.dumps({"train": {"cids": cids}}))
     with pytest.raises(ValueError, match="expected"):
         load_dataset("sfm120k", tmp_path)
+
+
+def test_head_names_are_checked_and_extraction_refuses_a_head_method(tmp_path):
+    from cbir.extraction import extract
+    from cbir.headstore import check_name
+
+    assert check_name("lw-paris_3.v2") == "lw-paris_3.v2"
+    for bad in ("", "../x", "a/b", "-x", "a b"):
+        with pytest.raises(ValueError, match="head name"):
+            check_name(bad)
+    train = load_dataset("folder", make_class_folder(tmp_path / "train"))
+    with pytest.raises(ValueError, match="headstore.head_entry"):
+        extract(train, [Method(head="h")], tmp_path / "cache")
