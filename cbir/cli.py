@@ -175,8 +175,9 @@ def cmd_evaluate(args) -> int:
     entry = ensure_descriptors(dataset, method, cache, options.pop("progress"), **options)
     ranks = rerank(method, np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32))
     report = evaluation_report(ranks, dataset, protocol)
+    head = {"head": entry.manifest.get("head")} if method.head else {}
     print_json({"method": method.label(), "method_key": method.to_dict(),
-                "whitening": entry.manifest.get("whitening"), "head": entry.manifest.get("head"),
+                "whitening": entry.manifest.get("whitening"), **head,
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
     return 0
 

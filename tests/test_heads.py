@@ -227,7 +227,7 @@ def test_evaluate_with_a_head_prints_the_same_report_with_the_head_named(trained
         code, out, err = cli(capsys, "evaluate", *common, "--pooling", pooling, "--head", head)
         assert code == 0, err
         after = json.loads(out)
-        assert set(after) == set(before)
+        assert set(after) == set(before) | {"head"} and "head" not in before
         assert after["method"] == before["method"] + f" + head {head}"
         assert after["head"]["name"] == head and "csv" in after["head"]["trained_on"]
         assert after["cache_entry"].endswith(f"-head_{head.replace('-', '_')}")
