@@ -181,3 +181,22 @@ def head_entry(dataset: Dataset, method: Method, cache_root: Path, progress=None
     save_entry(cache_root, dataset, method, db.astype(dtype), queries.astype(dtype), extra=extra)
     return load_entry(cache_root, dataset, method)
 
+
+
+def describe_image_with_head(path, method: Method, backbone, head: Head, bbox=None) -> np.ndarray:
+    """(1, D) descriptor of one image file through `head`, as `head_entry` describes a cached
+    query: the backbone's map, pooled (R-MAC: every region), the head, L2 (per region, summed)."""
+    import torch
+
+    from .extraction import RMAC_LEVELS, image_tensor, load_image
+    from .pooling import pool, regional_macs
+
+    if head.manifest.get("unfreeze", "none") != "none":
+        raise ValueError(f"head {head.name!r} tuned the backbone's last stage: describing a single image "
+                         "through it is not supported; evaluate a dataset instead")
+    image = load_image(path, method.size, bbox)
+    with torch.inference_mode():
+        fmap = backbone.model(image_tensor(image, backbone.mean, backbone.std)[None]).float()
+        vectors = regional_macs(fmap, L=RMAC_LEVELS) if method.pooling == "rmac" else pool(fmap, method.pooling)
+    vectors = vectors.cpu().numpy()
+    return head.describe(vectors, np.zeros(len(vectors), np.int64), 1)

@@ -435,3 +435,24 @@ def test_a_head_method_is_listed_and_evaluated_like_any_method(site):
     assert row["mAP"] == pytest.approx(100 * report["mAP"])
     for page in PAGES[:4]:
         no_exception(app(page))
+
+
+def test_uploaded_image_through_a_head_gets_the_descriptor_the_cache_has_for_it(tmp_path):
+    from cbir.extraction import ensure_descriptors
+    from cbir.heads import TrainOptions, finetune
+    from cbir.method import Method
+    from dashboard import upload
+    from dashboard_fixture import make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    query = dataset.queries[2]
+    data = (Path(dataset.root) / query.path).read_bytes()
+    box = tuple(int(round(v)) for v in query.bbox)
+    for pooling in ("gem", "rmac"):
+        base = Method(pooling=pooling, size=64)
+        finetune(dataset, base, tmp_path / "cache", f"lw-{pooling}", TrainOptions(kind="lw"), workers=0)
+        method = Method(pooling=pooling, size=64, head=f"lw-{pooling}", head_transductive=True)
+        entry = ensure_descriptors(dataset, method, tmp_path / "cache", workers=0)
+        described = upload.describe(data, query.path, box, method, entry)
+        np.testing.assert_allclose(described[0], entry.queries[2], atol=1e-5)
+        assert not np.allclose(entry.queries[2], ensure_descriptors(dataset, base, tmp_path / "cache").queries[2])

@@ -287,6 +287,7 @@ def test_a_bundle_carries_a_head_method_with_its_provenance(trained, tmp_path):
     from cbir.bundle import build_bundle, verify_bundle
     from cbir.cache import list_entries, load_entry
     from cbir.extraction import ensure_descriptors
+    from cbir.headstore import load_head
 
     _, test, cache = trained
     dataset = load_dataset("paris6k", test)
@@ -300,6 +301,7 @@ def test_a_bundle_carries_a_head_method_with_its_provenance(trained, tmp_path):
     bundled = load_entry(tmp_path / "bundle", Dataset.load(tmp_path / "bundle" / key / "dataset.json"), method)
     assert bundled.manifest["head"] == entry.manifest["head"]
     assert np.allclose(bundled.db, entry.db, atol=1e-3)  # float16 storage
+    assert load_head(tmp_path / "bundle", "lw-gem").manifest == load_head(cache, "lw-gem").manifest
 
 
 # --- --unfreeze last-stage, on tiny random-weight networks ------------------------------------------
