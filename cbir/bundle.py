@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import platform
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -133,8 +134,10 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
         key_dir = dataset_dir(tmp, shared)
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
         for method, entry in entries.items():
+            if method.head and not (tmp / "heads" / method.head).exists():
+                shutil.copytree(Path(cache_root) / "heads" / method.head, tmp / "heads" / method.head)
             db, queries, note = reduce_descriptors(entry.db, entry.queries, reduce)
-            inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening",)}
+            inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening", "head")}
             # An uploaded query is whitened as the entry was; a PCA-reduced entry cannot take it.
             whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
             save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)

@@ -1,4 +1,4 @@
-"""`python -m cbir`: download, info, extract, evaluate, bundle, report.
+"""`python -m cbir`: download, info, extract, evaluate, finetune, bundle, report.
 
 Each sub-command is a thin wrapper over library functions; JSON goes to stdout,
 progress and warnings to stderr. Errors the user can fix exit with status 2 and a
@@ -10,9 +10,10 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
-DATASETS = ("paris6k", "rparis6k", "oxford5k", "roxford5k", "folder", "csv")
+DATASETS = ("paris6k", "rparis6k", "oxford5k", "roxford5k", "folder", "csv", "sfm120k")
 
 
 def default_cache_dir() -> Path:
@@ -166,6 +167,9 @@ def cmd_evaluate(args) -> int:
         raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
                          f"available: {', '.join(dataset.gnd)}")
     (method,) = methods_from_args(args, [args.pooling])
+    if args.transductive and not args.head:
+        raise ValueError("--transductive applies to a trained head: pass --head NAME as well")
+    method = replace(method, head=args.head or "", head_transductive=args.transductive)
     method = method.with_rerank(args.rerank, **rerank_params(args, len(dataset.images)), qe_n=args.qe_n)
     options = extraction_options(args)
     progress = options.pop("progress")
@@ -173,8 +177,9 @@ def cmd_evaluate(args) -> int:
     report = stored_report(dataset, entry.path, entry.manifest, method, protocol, lambda: blocked_report(
         method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress))
     store_overview_reports(dataset, entry, progress=progress)  # the dashboard then opens on stored results
+    head = {"head": entry.manifest.get("head")} if method.head else {}
     print_json({"method": method.label(), "method_key": method.to_dict(),
-                "whitening": entry.manifest.get("whitening"),
+                "whitening": entry.manifest.get("whitening"), **head,
                 "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
     return 0
 
@@ -197,6 +202,58 @@ def add_rerank_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k2", type=int, default=6, help="k-reciprocal: local query expansion neighbours")
     p.add_argument("--lambda", dest="kr_lambda", type=float, default=0.3,
                    help="k-reciprocal: weight of the original distance")
+
+
+# --- finetune ------------------------------------------------------------------
+
+def epoch_bar(epochs: int):
+    """A progress(epoch, epochs, history) callback: one tqdm bar of epochs with loss and validation mAP."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=epochs, desc="epochs", unit="epoch", file=sys.stderr, dynamic_ncols=True)
+
+    def progress(epoch: int, total: int, history: dict) -> None:
+        bar.set_postfix(loss=f"{history['loss'][-1]:.4f}", val_mAP=f"{history['val_mAP'][-1]:.3f}")
+        bar.update(epoch - bar.n)
+        if epoch >= total:
+            bar.close()
+
+    return progress
+
+
+def cmd_finetune(args) -> int:
+    from .data import load_dataset
+    from .heads import TrainOptions, finetune
+
+    cache = args.cache or default_cache_dir()
+    if args.whiten != "none":
+        raise ValueError("--whiten: a head is trained on un-whitened descriptors (it learns its own whitening)")
+    dataset = load_dataset(args.dataset, args.root)
+    test = load_dataset(args.test_dataset, args.test_root) if args.test_dataset else None
+    (method,) = methods_from_args(args, [args.pooling])
+    options = TrainOptions(kind=args.head, epochs=args.epochs, margin=args.margin, lr=args.lr, batch=args.batch,
+                           negatives=args.negatives, dim=args.dim, hidden=args.hidden, shrinkage=args.shrinkage,
+                           init=args.init, val_fraction=args.val_fraction, patience=args.patience, seed=args.seed,
+                           unfreeze=args.unfreeze)
+    extraction = extraction_options(args)
+    try:
+        head = finetune(dataset, method, cache, args.name, options, transductive_of=test,
+                        progress=extraction.pop("progress"),
+                        epoch_progress=None if args.head == "lw" else epoch_bar(args.epochs), **extraction)
+    except KeyboardInterrupt:
+        print("\ninterrupted: the last epoch's checkpoint is kept; run the same command to resume",
+              file=sys.stderr)
+        return 130
+    m = head.manifest
+    print_json({"head": head.name, "kind": head.kind, "method": m["method_label"],
+                "evaluate_with": f"--head {head.name}", "trained_on": m["training"]["dataset"],
+                "training_root": m["training"]["root"], "classes": m["training"]["classes"],
+                "dim_in": m["dim_in"], "dim_out": m["dim_out"], "train_seconds": m["train_seconds"],
+                "epoch_seconds": m["epoch_seconds"],
+                "best_epoch": m["history"]["best_epoch"], "raw_val_mAP": m["history"]["raw_val_mAP"],
+                "val_mAP": m["history"]["val_mAP"], "loss": m["history"]["loss"],
+                "path": str(cache / "heads" / head.name)})
+    return 0
 
 
 # --- bundle and report ----------------------------------------------------------
@@ -257,7 +314,7 @@ def cmd_demo(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import study_tables, to_csv, to_markdown
+    from .report import finetuning_markdown, finetuning_rows, rows_csv, study_tables, to_csv, to_markdown
 
     cache = args.cache or default_cache_dir()
     dataset = cached_dataset_by(cache, args.dataset)
@@ -270,11 +327,16 @@ def cmd_report(args) -> int:
                         for r in ("diffusion", "fsr", "kreciprocal")]
     tables = study_tables(dataset, cache, methods, protocol)
     markdown = to_markdown(tables, dataset, protocol)
+    heads = finetuning_rows(dataset, cache, methods, protocol)
+    if heads:
+        markdown += "\n" + finetuning_markdown(heads)
     if args.out:
         from .cache import atomic_write_text
 
         atomic_write_text(args.out.with_suffix(".md"), markdown)
         atomic_write_text(args.out.with_suffix(".csv"), to_csv(tables))
+        if heads:
+            atomic_write_text(args.out.with_name(args.out.name + "-finetuning.csv"), rows_csv(heads))
     print(markdown)
     return 0
 
@@ -308,7 +370,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rerank", choices=RERANKINGS, default="none")
     add_rerank_args(p)
     p.add_argument("--qe-n", type=int, default=10, help="query expansion neighbours")
+    p.add_argument("--head", default=None, help="a head trained with `finetune` (its name)")
+    p.add_argument("--transductive", action="store_true",
+                   help="allow a head trained on some of these images (the method is labelled transductive)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("finetune", help="train a retrieval head on the cached descriptors of a labelled "
+                       "training dataset (classes: folder or csv)")
+    add_dataset_args(p)
+    add_method_args(p, many_poolings=False)
+    from .heads import HEAD_KINDS, UNFREEZE, TrainOptions
+
+    defaults = TrainOptions()
+    p.add_argument("--head", required=True, choices=HEAD_KINDS,
+                   help="lw: learned whitening (closed form); linear / mlp: contrastive training")
+    p.add_argument("--name", required=True, help="the head's name in the cache (evaluate --head NAME)")
+    p.add_argument("--epochs", type=int, default=defaults.epochs)
+    p.add_argument("--margin", type=float, default=defaults.margin, help="contrastive loss margin")
+    p.add_argument("--lr", type=float, default=defaults.lr, help="Adam learning rate")
+    p.add_argument("--batch", type=int, default=defaults.batch, help="tuples per step")
+    p.add_argument("--negatives", type=int, default=defaults.negatives, help="hard negatives per tuple")
+    p.add_argument("--dim", type=int, default=None, help="output dimension (default: the input's)")
+    p.add_argument("--hidden", type=int, default=defaults.hidden, help="mlp hidden width")
+    p.add_argument("--shrinkage", type=float, default=defaults.shrinkage,
+                   help="lw: shrink the pair covariance towards the identity (0 = exact closed form)")
+    p.add_argument("--init", choices=("lw", "random"), default=defaults.init, help="linear head start")
+    p.add_argument("--val-fraction", type=float, default=defaults.val_fraction,
+                   help="share of each training class held out to choose the epoch")
+    p.add_argument("--patience", type=int, default=defaults.patience,
+                   help="stop after this many epochs without a better validation mAP")
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument("--unfreeze", choices=UNFREEZE, default="none",
+                   help="last-stage: fine-tune the backbone's last stage with the head, from the images "
+                        "(for a GPU; the default trains the head alone on cached descriptors)")
+    p.add_argument("--test-dataset", choices=DATASETS, help="refuse now if it shares images with the training set")
+    p.add_argument("--test-root", type=Path)
+    p.set_defaults(func=cmd_finetune)
 
     p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids and layouts for sharing")
     p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")

@@ -219,15 +219,23 @@ class RestrictedUnpickler(pickle.Unpickler):
         return super().find_class(module, name)
 
 
+def load_restricted_pickle(path: Path):
+    """A pickle of plain data only (RestrictedUnpickler); ValueError naming the file otherwise."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found")
+    try:
+        return RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
+            IndexError, KeyError, OverflowError) as exc:
+        raise ValueError(f"{path}: not a valid ground-truth pickle ({exc})") from exc
+
+
 def load_ground_truth_pickle(path: Path) -> dict:
     """Read a cnnimageretrieval/revisitop `gnd_*.pkl` with the restricted unpickler and
     check it has `imlist`, `qimlist` and one `gnd` entry per query."""
     path = Path(path)
-    try:
-        data = RestrictedUnpickler(io.BytesIO(path.read_bytes())).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-            IndexError, KeyError, OverflowError) as exc:
-        raise ValueError(f"{path}: not a valid ground-truth pickle ({exc})") from exc
+    data = load_restricted_pickle(path)
     if not isinstance(data, dict) or not {"imlist", "qimlist", "gnd"} <= set(data):
         raise ValueError(f"{path}: expected a dict with imlist, qimlist and gnd")
     if len(data["gnd"]) != len(data["qimlist"]):
@@ -541,7 +549,11 @@ def load_dataset(name: str, root: Path, **options) -> Dataset:
         return load_folder(root, **options)
     if name == "csv":
         return load_csv(root, **options)
-    raise ValueError(f"unknown dataset {name!r}; choose paris6k, rparis6k, oxford5k, roxford5k, folder or csv")
+    if name == "sfm120k":
+        from .sfm import load_sfm120k
+        return load_sfm120k(root, **options)
+    raise ValueError(f"unknown dataset {name!r}; choose paris6k, rparis6k, oxford5k, roxford5k, folder, csv "
+                     "or sfm120k")
 
 
 def dataset_summary(ds: Dataset) -> dict:

@@ -467,6 +467,10 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
         raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {DTYPES}")
     cache_root = Path(cache_root)
     save_dataset(cache_root, dataset)
+    headed = [m for m in methods if m.head]
+    if headed:
+        raise ValueError(f"{headed[0].label()}: a trained head's descriptors come from cbir.headstore.head_entry "
+                         "(ensure_descriptors routes there), not from an extraction")
     wanted = {m: m.descriptor_key() for m in methods}
     entries: dict[Method, Entry] = {}
     groups: dict[tuple, list[Method]] = {}
@@ -589,11 +593,16 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
 
 def ensure_descriptors(dataset: Dataset, method: Method, cache_root: Path, progress: Progress | None = None,
                        **options) -> Entry:
-    """The cached descriptors of `method` if the entry is valid; otherwise (re)build them.
+    """The cached descriptors of `method` if the entry is valid; otherwise (re)build them
+    (a trained head's from the descriptors it applies to).
 
     A present but defective entry (truncated, tampered, stale) is reported on the log
     before it is rebuilt, so nobody silently waits for a re-extraction.
     """
+    if method.head:
+        from .headstore import head_entry
+
+        return head_entry(dataset, method, cache_root, progress, **options)
     try:
         return load_entry(cache_root, dataset, method)
     except CacheError as exc:

@@ -1,7 +1,8 @@
 """The name of a retrieval method, and the cache key of its descriptors.
 
-A method is backbone x weights x image size x pooling x whitening x re-ranking.
-Descriptors depend only on the first five, so `descriptor_key()` drops the
+A method is backbone x weights x image size x pooling x whitening x trained head
+(cbir.heads) x re-ranking.
+Descriptors depend only on the first six, so `descriptor_key()` drops the
 re-ranking part: every re-ranking of the same descriptors shares one cache entry.
 """
 from __future__ import annotations
@@ -43,6 +44,8 @@ class Method:
     k2: int = 6
     kr_lambda: float = 0.3
     fsr_rank: int = 256
+    head: str = ""
+    head_transductive: bool = False
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -61,17 +64,27 @@ class Method:
             raise ValueError("k1, k2 and fsr_rank must be at least 1")
         if not 0.0 <= self.kr_lambda <= 1.0:
             raise ValueError(f"k-reciprocal lambda must lie in [0, 1], got {self.kr_lambda}")
+        if self.head_transductive and not self.head:
+            raise ValueError("head_transductive needs a head")
 
     def descriptor_key(self) -> "Method":
         """The part of the method that determines the descriptors (the cache key)."""
         return Method(self.backbone, self.pooling, self.size, self.weights,
-                      self.whitening, self.whiten_on)
+                      self.whitening, self.whiten_on, head=self.head,
+                      head_transductive=self.head_transductive)
+
+    def without_head(self) -> "Method":
+        """The method whose descriptors a trained head (cbir.heads) is applied to."""
+        return replace(self, head="", head_transductive=False)
 
     def slug(self) -> str:
-        """File-system-safe id of the descriptor part, e.g. `tf_efficientnet_lite0-rmac-1024-imagenet-none`."""
+        """File-system-safe id of the descriptor part, e.g. `tf_efficientnet_lite0-rmac-1024-imagenet-none`
+        (a trained head adds `-head_NAME`)."""
         parts = [self.backbone, self.pooling, str(self.size), self.weights, self.whitening]
         if self.whitening != "none":
             parts.append(self.whiten_on or "transductive")
+        if self.head:
+            parts.append(f"head_{self.head}" + ("_transductive" if self.head_transductive else ""))
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
 
     def label(self) -> str:
@@ -84,6 +97,8 @@ class Method:
             text += f" [{self.weights} weights]"
         if self.whitening != "none":
             text += f" +{self.whitening}({self.whiten_on or 'transductive'})"
+        if self.head:
+            text += f" + head {self.head}" + (" (transductive)" if self.head_transductive else "")
         if self.rerank == "diffusion":
             text += f" +diffusion(a={self.alpha:g}, k={self.k})"
         elif self.rerank == "fsr":

@@ -9,7 +9,8 @@ its columns (`cbir.study.SEED_TABLE`: same backbone, or a named stand-in for one
 study did not use), and the published reference mAP with our difference where the
 literature reports the same method. Published figures
 are full-list reference mAP on the whole benchmark (REFERENCE.md); on a partial
-dataset the difference is shown but flagged as not comparable.
+dataset the difference is shown but flagged as not comparable. A fine-tuning table
+puts each trained head (cbir.heads) beside the descriptors it was applied to.
 """
 from __future__ import annotations
 
@@ -103,6 +104,43 @@ def study_tables(dataset: Dataset, cache_root: Path, methods: list[Method], prot
     return tables
 
 
+FINETUNE_TITLE = "Fine-tuning: trained heads, before / after"
+FINETUNE_COLUMNS = ("method", "head", "trained on", "transductive", "mAP before", "mAP after", "difference",
+                    "mP@10 before", "mP@10 after", "dim before", "dim after", "train seconds")
+
+
+def finetuning_rows(dataset: Dataset, cache_root: Path, methods: list[Method], protocol: str) -> list[dict]:
+    """One row per headed method without re-ranking: reference mAP without and with its head."""
+    rows = []
+    for method in methods:
+        if not method.head or method.rerank != "none":
+            continue
+        after_entry = load_entry(cache_root, dataset, method)
+        before_entry = load_entry(cache_root, dataset, method.without_head())
+        after = evaluation_report(rerank(method, after_entry.db, after_entry.queries), dataset, protocol)
+        before = evaluation_report(rerank(method, before_entry.db, before_entry.queries), dataset, protocol)
+        head = after_entry.manifest.get("head", {})
+        rows.append({
+            "method": method.without_head().label(), "head": f"{head.get('kind')} {method.head}",
+            "trained on": head.get("trained_on"), "transductive": "yes" if method.head_transductive else "no",
+            "mAP before": percent(before["mAP"]), "mAP after": percent(after["mAP"]),
+            "difference": None if before["mAP"] is None or after["mAP"] is None
+            else round(percent(after["mAP"]) - percent(before["mAP"]), 2),
+            "mP@10 before": percent(before["mP@10"]), "mP@10 after": percent(after["mP@10"]),
+            "dim before": int(before_entry.manifest["dim"]), "dim after": int(after_entry.manifest["dim"]),
+            "train seconds": head.get("train_seconds")})
+    return rows
+
+
+def finetuning_markdown(rows: list[dict]) -> str:
+    lines = [f"## {FINETUNE_TITLE}", "",
+             "Reference full-list mAP (%) of the descriptors without and with the head; a head is "
+             "trained on other images than these unless marked transductive.", "",
+             "| " + " | ".join(FINETUNE_COLUMNS) + " |", "|" + "---|" * len(FINETUNE_COLUMNS)]
+    lines += ["| " + " | ".join(_cell(row[c]) for c in FINETUNE_COLUMNS) + " |" for row in rows]
+    return "\n".join(lines + [""])
+
+
 def _cell(value) -> str:
     return "" if value is None else f"{value:.2f}" if isinstance(value, float) else str(value)
 
@@ -132,4 +170,12 @@ def to_csv(tables: dict[str, list[dict]]) -> str:
     for title, rows in tables.items():
         for row in rows:
             writer.writerow({"table": title, **row})
+    return buffer.getvalue()
+
+
+def rows_csv(rows: list[dict]) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
     return buffer.getvalue()

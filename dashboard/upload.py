@@ -40,14 +40,20 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
     """(1, D) float32 descriptor of the uploaded file cropped to `box`, comparable with `entry`.
 
     The bytes go to a temporary file as they came, so decoding, resizing, pooling and
-    whitening are exactly those of the cached queries (`cbir.extraction.describe_image`).
+    whitening (or a trained head) are exactly those of the cached queries
+    (`cbir.extraction.describe_image`, `cbir.headstore.describe_image_with_head`).
     """
     from cbir.extraction import describe_image, entry_whitening
+    from cbir.headstore import describe_image_with_head, load_head
 
+    # A head lives in the cache (or bundle) holding its entry: <root>/heads/<name>.
+    head = load_head(entry.path.parents[1], method.head) if method.head else None
     backbone = _backbone(method.backbone, method.weights)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{Path(name).suffix.lower()}"
         path.write_bytes(data)
+        if head is not None:
+            return describe_image_with_head(path, method, backbone, head, box)
         return describe_image(path, method, backbone, box, entry_whitening(entry))
 
 

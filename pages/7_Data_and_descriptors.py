@@ -4,7 +4,8 @@ Downloading and extracting import their heavy modules only when the user clicks.
 Stopping (the Cancel button, the stop button, closing the tab) interrupts the run at
 the next progress update: the cache writes entries atomically and keeps finished
 chunks in a `.partial` folder, so a cancelled run leaves no half-written entry and
-the next run resumes.
+the next run resumes. Training a head (cbir.heads) checkpoints every epoch: Cancel
+keeps the last epoch and the same form resumes from it.
 """
 import json
 from pathlib import Path
@@ -12,11 +13,13 @@ from pathlib import Path
 import streamlit as st
 
 from cbir.cache import CacheError, load_entry, read_manifest
+from cbir.heads import HEAD_KINDS
 from cbir.method import POOLINGS
 from dashboard import gallery, loaders, sidebar, state
 
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
 KINDS = BENCHMARKS + ("folder",)
+TRAIN_KINDS = ("folder", "csv", "sfm120k") + BENCHMARKS
 
 view = sidebar.open_page("Data and descriptors", needs_data=False)
 data_root, cache_root = state.data_root(), state.user_cache_root()
@@ -126,3 +129,53 @@ if go_extract and (root := inside_data_root(folder)) is not None:
                 status.update(label=f"Extraction failed: {exc}", state="error")
             else:
                 status.update(label=f"Extracted {len(entries)} entries into {cache_root}", state="complete")
+
+st.subheader("Train a retrieval head on frozen descriptors")
+st.caption("A head (learned whitening, or a linear / MLP projection trained with the contrastive loss) "
+           "learns from a labelled training set (folder: one sub-folder per class; csv: path,label). "
+           "Evaluating it on images it was trained on is refused; choose the epoch on a validation split "
+           "of the training classes only.")
+with st.form("finetune"):
+    train_kind = st.selectbox("Training dataset kind", TRAIN_KINDS)
+    train_folder = st.text_input("Training dataset (folder, or the csv file, under the data root)", value="train")
+    head_backbone = st.text_input("Backbone (timm name)", value="tf_efficientnet_lite0", key="head_backbone")
+    head_pooling = st.selectbox("Pooling", POOLINGS, index=POOLINGS.index("gem"))
+    head_size = st.number_input("Max image side (px)", 64, 2048, 1024, 32, key="head_size")
+    head_kind = st.selectbox("Head", HEAD_KINDS, index=1)
+    head_name = st.text_input("Head name", value="linear-train")
+    epochs = st.number_input("Epochs", 1, 500, 30)
+    margin = st.number_input("Contrastive margin", 0.05, 2.0, 0.7, 0.05)
+    go_train = st.form_submit_button("Train")
+if go_train and (train_root := inside_data_root(train_folder)) is not None:
+    with st.status(f"Training {head_kind} head {head_name!r} on {train_root}...", expanded=True) as status:
+        st.button("Cancel (keeps the last epoch)", key="cancel_finetune")
+        bar = st.progress(0.0, text="descriptors of the training images")
+        curve = st.empty()
+
+        def extraction_progress(done: int, total: int, stage: str) -> None:
+            bar.progress(done / max(total, 1), text=f"{stage}: {done} / {total}")
+
+        def epoch_progress(epoch: int, total: int, history: dict) -> None:
+            bar.progress(epoch / max(total, 1), text=f"epoch {epoch} / {total}: loss {history['loss'][-1]:.4f}, "
+                                                     f"validation mAP {history['val_mAP'][-1]:.3f}")
+            curve.line_chart({"loss": history["loss"], "validation mAP": history["val_mAP"][1:]})
+
+        try:
+            from cbir.data import load_dataset
+            from cbir.heads import TrainOptions, finetune
+            from cbir.method import Method
+
+            head = finetune(load_dataset(train_kind, train_root),
+                            Method(backbone=head_backbone, pooling=head_pooling, size=int(head_size)),
+                            cache_root, head_name, TrainOptions(kind=head_kind, epochs=int(epochs), margin=margin),
+                            progress=extraction_progress, epoch_progress=epoch_progress)
+        except ImportError as exc:
+            status.update(label=f"Training needs torch and timm ({exc}): pip install torch timm", state="error")
+        except (OSError, ValueError, RuntimeError) as exc:
+            status.update(label=f"Training failed: {exc}", state="error")
+        else:
+            history = head.manifest["history"]
+            status.update(label=f"Head {head.name!r} stored in {cache_root}/heads (best epoch "
+                                f"{history['best_epoch']}, validation mAP {max(history['val_mAP']):.3f}, "
+                                f"{head.manifest['train_seconds']:.0f} s); evaluate it with --head {head.name}",
+                          state="complete")

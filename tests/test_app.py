@@ -334,7 +334,7 @@ def test_data_page_refuses_a_folder_outside_the_data_root(site):
     at = app(PAGES[5])
     no_exception(at)
     at.text_input[1].set_value("../../etc")
-    at.button[-1].click().run()
+    next(b for b in at.button if b.label == "Extract").click().run()
     no_exception(at)
     assert any("outside the data root" in e.value for e in at.error)
 
@@ -503,3 +503,69 @@ def test_a_folder_where_every_image_is_a_query_renders_every_page(tmp_path, monk
     assert len(per_class) == 15 and per_class[0]["type"] == "box"
     assert_every_page_renders(at, REPO, layouts=False)
     assert time.perf_counter() - start < 600
+
+
+def test_data_page_trains_a_head_with_a_progress_bar_and_loss_curve(site):
+    pytest.importorskip("timm")
+    from cbir.headstore import load_head
+    from synthetic import make_class_folder
+
+    data_dir, cache_dir, _ = site
+    make_class_folder(data_dir / "train", per_class=5)
+    at = app(PAGES[5])
+    form = {t.label: t for t in at.text_input}
+    form["Training dataset (folder, or the csv file, under the data root)"].set_value("train")
+    form["Head name"].set_value("page-head")
+    next(n for n in at.number_input if n.label == "Max image side (px)").set_value(64)
+    next(n for n in at.number_input if n.label == "Epochs").set_value(2)
+    next(b for b in at.button if b.label == "Train").click().run()
+    no_exception(at)
+    assert not at.error, [e.value for e in at.error]
+    head = load_head(cache_dir, "page-head")
+    assert head.kind == "linear" and len(head.manifest["history"]["loss"]) == 2
+    assert any(s.label.startswith("Head 'page-head' stored") for s in at.status)
+    assert at.get("arrow_vega_lite_chart") or at.get("vega_lite_chart")
+
+
+def test_a_head_method_is_listed_and_evaluated_like_any_method(site):
+    pytest.importorskip("torch")
+    from cbir.headstore import head_entry
+    from cbir.heads import TrainOptions, finetune
+    from cbir.method import Method
+
+    _, cache_dir, dataset = site
+    finetune(dataset, Method(pooling="mac"), cache_dir, "lw-tiny", TrainOptions(kind="lw", shrinkage=0.1))
+    with pytest.raises(ValueError, match="--transductive"):
+        head_entry(dataset, Method(pooling="mac", head="lw-tiny"), cache_dir)
+    method = Method(pooling="mac", head="lw-tiny", head_transductive=True)
+    head_entry(dataset, method, cache_dir)
+    at = app()
+    no_exception(at)
+    table = at.dataframe[0].value
+    row = table[table["id"] == method.slug()].iloc[0]
+    assert "head lw-tiny (transductive)" in row["method"]
+    report = evaluation_report(ranking(dataset, cache_dir, method), dataset, "original")
+    assert row["mAP"] == pytest.approx(100 * report["mAP"])
+    for page in PAGES[:4]:
+        no_exception(app(page))
+
+
+def test_uploaded_image_through_a_head_gets_the_descriptor_the_cache_has_for_it(tmp_path):
+    from cbir.extraction import ensure_descriptors
+    from cbir.heads import TrainOptions, finetune
+    from cbir.method import Method
+    from dashboard import upload
+    from dashboard_fixture import make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    query = dataset.queries[2]
+    data = (Path(dataset.root) / query.path).read_bytes()
+    box = tuple(int(round(v)) for v in query.bbox)
+    for pooling in ("gem", "rmac"):
+        base = Method(pooling=pooling, size=64)
+        finetune(dataset, base, tmp_path / "cache", f"lw-{pooling}", TrainOptions(kind="lw"), workers=0)
+        method = Method(pooling=pooling, size=64, head=f"lw-{pooling}", head_transductive=True)
+        entry = ensure_descriptors(dataset, method, tmp_path / "cache", workers=0)
+        described = upload.describe(data, query.path, box, method, entry)
+        np.testing.assert_allclose(described[0], entry.queries[2], atol=1e-5)
+        assert not np.allclose(entry.queries[2], ensure_descriptors(dataset, base, tmp_path / "cache").queries[2])
