@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass, fields, replace
 POOLINGS = ("mac", "spoc", "gem", "rmac")
 WHITENINGS = ("none", "pca", "pca-partial")
 RERANKINGS = ("none", "diffusion", "aqe", "qe")
+PRECISIONS = ("fp32", "bf16")
+SINGLE_SCALE = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,8 @@ class Method:
     kq: int = 10
     gamma: float = 3.0
     qe_n: int = 10
+    precision: str = "fp32"
+    scales: tuple[float, ...] = SINGLE_SCALE
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -42,23 +46,36 @@ class Method:
             raise ValueError(f"alpha must lie in [0, 1), got {self.alpha}")
         if self.k < 1 or self.kq < 1 or self.qe_n < 1:
             raise ValueError("k, kq and qe_n must be at least 1")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {self.scales}")
 
     def descriptor_key(self) -> "Method":
         """The part of the method that determines the descriptors (the cache key)."""
         return Method(self.backbone, self.pooling, self.size, self.weights,
-                      self.whitening, self.whiten_on)
+                      self.whitening, self.whiten_on, precision=self.precision, scales=self.scales)
 
     def slug(self) -> str:
         """File-system-safe id of the descriptor part, e.g. `tf_efficientnet_lite0-rmac-1024-imagenet-none`."""
         parts = [self.backbone, self.pooling, str(self.size), self.weights, self.whitening]
         if self.whitening != "none":
             parts.append(self.whiten_on or "transductive")
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        if self.scales != SINGLE_SCALE:
+            parts.append("ms" + "_".join(f"{s:g}" for s in self.scales))
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
 
     def label(self) -> str:
         text = f"{self.backbone} {self.pooling.upper() if self.pooling != 'rmac' else 'R-MAC'} {self.size}px"
         if self.weights != "imagenet":
             text += f" [{self.weights} weights]"
+        if self.scales != SINGLE_SCALE:
+            text += f" ms({','.join(f'{s:g}' for s in self.scales)})"
+        if self.precision != "fp32":
+            text += f" [{self.precision}]"
         if self.whitening != "none":
             text += f" +{self.whitening}({self.whiten_on or 'transductive'})"
         if self.rerank == "diffusion":
