@@ -108,6 +108,9 @@ class OpenVINOForward:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         self.compiled = openvino.Core().compile_model(xml, "CPU", config)
         self.request = self.compiled.create_infer_request()
+        used = self.compiled.get_property("INFERENCE_PRECISION_HINT")
+        if precision == "bf16" and used != openvino.Type.bf16:
+            raise ValueError(f"this CPU has no bf16 support in OpenVINO (it runs {used}); use --precision fp32")
         self.info = {"runtime": f"openvino {openvino.__version__}",
                      "precision": "bfloat16 inference" if precision == "bf16" else "float32",
                      "conversion": conversion}
