@@ -226,3 +226,72 @@ def test_multiscale_is_its_own_cache_entry(aspect_ratios, tmp_path):
     assert entries[multi].path != entries[lite("mac")].path
     c = cosines(entries[multi].db, entries[lite("mac")].db)
     assert 0.8 < c.min() and c.max() < 1 - 1e-4  # related, not the same
+
+
+# --- an upload described without torch --------------------------------------------------
+
+def test_numpy_pooling_equals_torch_pooling_for_every_pooling():
+    from cbir import torchfree
+    from cbir.pooling import rmac
+    from cbir.whitening import learn_whitening
+
+    rng = np.random.default_rng(0)
+    whitening = learn_whitening(rng.random((200, 16), np.float32), power=0.5, learned_on="x")
+    for h, w in ((7, 12), (12, 7), (9, 5), (3, 3)):
+        fmap = np.maximum(rng.standard_normal((16, h, w)).astype(np.float32), 0)
+        for p in POOLINGS:
+            expected = pool(torch.from_numpy(fmap[None]), p)[0].numpy()
+            assert np.allclose(torchfree.pool(fmap, p), expected, atol=1e-6), (p, h, w)
+        whitened = rmac(torch.from_numpy(fmap[None]), whitening=whitening)[0].numpy()
+        assert np.allclose(torchfree.pool(fmap, "rmac", whitening), whitened, atol=1e-5)
+
+
+TORCHLESS_UPLOAD = """
+import sys
+sys.modules["torch"] = sys.modules["timm"] = None  # importing either now fails
+from pathlib import Path
+import numpy as np
+from cbir import torchfree
+from cbir.cache import list_datasets, load_entry
+from cbir.extraction import entry_whitening
+from cbir.method import Method
+bundle = Path(sys.argv[1])
+dataset = next(iter(list_datasets(bundle).values()))
+query = dataset.queries[2]
+for pooling in ("rmac", "gem"):
+    for whitening in ("none", "pca-partial"):
+        method = Method(pooling=pooling, size=64, whitening=whitening)
+        entry = load_entry(bundle, dataset, method)
+        assert torchfree.can_describe(method, entry)
+        got = torchfree.describe_image(Path(sys.argv[2]) / query.path, method, entry, query.bbox,
+                                       entry_whitening(entry))
+        print(pooling, whitening, float(np.abs(got[0] - entry.queries[2].astype(np.float32)).max()))
+"""
+
+
+@needs_openvino
+def test_bundle_carries_the_converted_model_and_an_upload_is_described_without_torch(tmp_path):
+    import subprocess
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cbir.bundle import build_bundle, verify_bundle
+    from dashboard_fixture import make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    methods = [Method(pooling="rmac", size=64), Method(pooling="gem", size=64)]
+    cache = tmp_path / "cache"
+    run(dataset, methods, cache, runtime="openvino")
+    run(dataset, [replace(m, whitening="pca-partial") for m in methods], cache, runtime="openvino")
+    out = tmp_path / "bundle"
+    build_bundle(cache, dataset, methods + [replace(m, whitening="pca-partial") for m in methods], out,
+                 layouts=False, grid_protocols=())
+    assert any(name.startswith(".models/") and name.endswith(".bin") for name in verify_bundle(out)["files"])
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", TORCHLESS_UPLOAD, str(out), dataset.root], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line.split()[-1]) for line in done.stdout.splitlines()]
+    assert len(errors) == 4 and max(errors) < 2e-3  # the bundle stores float16
