@@ -1,8 +1,10 @@
 """The name of a retrieval method, and the cache key of its descriptors.
 
-A method is backbone x weights x image size x pooling x whitening x re-ranking.
-Descriptors depend only on the first five, so `descriptor_key()` drops the
-re-ranking part: every re-ranking of the same descriptors shares one cache entry.
+A method is backbone x weights x image size x pooling x whitening x re-ranking, plus
+the forward precision and image scales (appended last; at their defaults, fp32 and the
+single scale 1, names and cache keys are those of before). Descriptors depend on all
+but the re-ranking, so `descriptor_key()` drops it: every re-ranking of the same
+descriptors shares one cache entry.
 """
 from __future__ import annotations
 
