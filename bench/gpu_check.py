@@ -1,6 +1,6 @@
 """The GPU path, checked: throughput per backbone against the CPU, and descriptor agreement.
 
-    python -m bench.gpu_check [--root ../shared/data/paris6k-250] [--images 16] [--size 1024]
+    python -m bench.gpu_check [--root ../shared/data/paris6k-250] [--images 8] [--size 1024]
 
 Per backbone (Lite0 with its offline ImageNet weights; the others with random weights
 where ImageNet ones are not offline): the bare forward on the GPU (bf16 autocast,
@@ -54,7 +54,7 @@ def throughput(forward, x, repeats: int, sync) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT)
-    parser.add_argument("--images", type=int, default=16, help="images for the agreement check")
+    parser.add_argument("--images", type=int, default=8, help="images for the agreement check")
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=8, help="GPU batch for the throughput figure")
     args = parser.parse_args()

@@ -2,7 +2,7 @@
 # The GPU path, checked in at most 5 minutes on one GPU (offline Lite weights, random weights
 # for the backbones whose ImageNet weights are not offline): throughput per backbone against
 # the CPU runtime, and GPU-vs-CPU descriptor agreement per pooling. Prints JSON to stdout.
-#   bash bench/gpu_check.sh [--images 16] [--size 1024]
+#   bash bench/gpu_check.sh [--images 8] [--size 1024]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 'error: no CUDA device')"
