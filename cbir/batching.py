@@ -1,4 +1,7 @@
-"""Images of equal size go through the model together, within a memory bound.
+"""What one pass feeds the model: each distinct image once, equal sizes together.
+
+A query that is a whole database image (folder and CSV datasets) is that image's row.
+Images of equal size go through the model together, within a memory bound.
 
 Images keep their own aspect (never cropped or distorted to batch), so only those
 that come out of resizing with the same height and width share a batch: a folder
@@ -35,3 +38,19 @@ class SizeBatcher:
 
         group = self.pending.pop(shape)
         return [i for i, _ in group], torch.stack([img for _, img in group])
+
+
+def pass_items(dataset) -> tuple[list[tuple[str, tuple | None]], list[int]]:
+    """The distinct (path, box) items to describe, and the item of every output row (database then
+    queries): a query that is a whole database image is that image's row, described once."""
+    items = [(str(dataset.image_path(i)), None) for i in range(len(dataset.images))]
+    seen = {item: i for i, item in enumerate(items)}
+    rows = list(range(len(items)))
+    for q in range(len(dataset.queries)):
+        bbox = dataset.queries[q].bbox
+        item = (str(dataset.query_path(q)), tuple(bbox) if bbox is not None else None)
+        if item not in seen:
+            seen[item] = len(items)
+            items.append(item)
+        rows.append(seen[item])
+    return items, rows

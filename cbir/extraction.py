@@ -233,22 +233,6 @@ def _region_sample(fmap, index: int, quota: int) -> np.ndarray:
     return regions[take]
 
 
-def _pass_items(dataset: Dataset) -> tuple[list[tuple[str, tuple | None]], list[int]]:
-    """The distinct (path, box) items to describe, and the item of every output row (database then
-    queries): a query that is a whole database image is that image's row, described once."""
-    items = [(str(dataset.image_path(i)), None) for i in range(len(dataset.images))]
-    seen = {item: i for i, item in enumerate(items)}
-    rows = list(range(len(items)))
-    for q in range(len(dataset.queries)):
-        bbox = dataset.queries[q].bbox
-        item = (str(dataset.query_path(q)), tuple(bbox) if bbox is not None else None)
-        if item not in seen:
-            seen[item] = len(items)
-            items.append(item)
-        rows.append(seen[item])
-    return items, rows
-
-
 def _versions() -> dict:
     import PIL
     import timm
@@ -267,10 +251,10 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     (`cbir.batching`). The caller removes the partial run once the entries are written."""
     import torch
 
-    from .batching import SizeBatcher
+    from .batching import SizeBatcher, pass_items
     from .multiscale import describe_scales
 
-    items, rows = _pass_items(dataset)
+    items, rows = pass_items(dataset)
     n_db, n = len(dataset.images), len(items)
     n_chunks = math.ceil(n / chunk_size)
     quota = max(1, REGIONS_SAMPLE // max(1, n_db))
