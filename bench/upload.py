@@ -25,7 +25,7 @@ sys.path.insert(0, str(REPO))
 DEFAULT_ROOT = REPO.parent / "shared" / "data" / "paris6k-250"
 
 DESCRIBE = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 if sys.argv[1] == "torchfree":
     sys.modules["torch"] = sys.modules["timm"] = None
@@ -45,7 +45,9 @@ else:
     desc = describe_image(image, method, load_backbone(method.backbone, method.weights))
 seconds = time.perf_counter() - start
 np.save(sys.argv[5], desc)
-print(json.dumps({"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+# VmHWM, not ru_maxrss: Linux keeps ru_maxrss across exec, so it would report the parent's peak.
+status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines())
+print(json.dumps({"peak_rss_mib": round(int(status["VmHWM"].split()[0]) / 1024, 1),
                   "seconds": round(seconds, 2), "torch_imported": "torch" in sys.modules and sys.modules["torch"] is not None}))
 """
 
