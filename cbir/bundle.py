@@ -114,10 +114,28 @@ def _file_table(root: Path) -> dict:
     return table
 
 
+def _copy_converted_model(entry, bundle_root: Path) -> None:
+    """The entry's OpenVINO model, so the served dashboard describes an upload without torch."""
+    import shutil
+
+    from .runtime import MODELS_DIR
+    from .torchfree import model_file
+
+    xml = model_file(entry)
+    if xml is not None:
+        (bundle_root / MODELS_DIR).mkdir(exist_ok=True)
+        for path in (xml, xml.with_suffix(".bin")):
+            shutil.copyfile(path, bundle_root / MODELS_DIR / path.name)
+
+
 def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out: Path,
                  reduce: str = "float16", thumb_size: int = 256, layouts: bool = True,
-                 grid_protocols: tuple[str, ...] | None = None, progress=None) -> dict:
-    """Assemble a bundle at `out` from validated cache entries; returns its manifest."""
+                 grid_protocols: tuple[str, ...] | None = None, progress=None, models: bool = True) -> dict:
+    """Assemble a bundle at `out` from validated cache entries; returns its manifest.
+
+    `models=False` leaves out the entries' converted OpenVINO models (megabytes each): an
+    upload is then described with torch.
+    """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: already exists and is not empty; choose a new --out")
@@ -141,6 +159,8 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             # An uploaded query is whitened as the entry was; a PCA-reduced entry cannot take it.
             whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
             save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)
+            if reduce == "float16" and models:
+                _copy_converted_model(entry, tmp)
             bundled = load_entry(tmp, shared, method)
             store_overview_reports(shared, bundled)
             for protocol in shared.protocols if grid_protocols is None else grid_protocols:

@@ -55,8 +55,8 @@ def cmd_info(args) -> int:
 
 def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
     """The descriptor part of a method (see cbir.method.Method) and where its cache lives."""
-    from .method import POOLINGS, WHITENINGS
-
+    from .method import POOLINGS, PRECISIONS, SINGLE_SCALE, WHITENINGS
+    from .runtime import RUNTIMES
 
     p.add_argument("--backbone", default="tf_efficientnet_lite0", help="timm model name")
     if many_poolings:
@@ -77,13 +77,31 @@ def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--workers", type=int, default=None, help="image decoding processes")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: one per core)")
+    p.add_argument("--runtime", choices=RUNTIMES, default=None,
+                   help="forward runtime (default: openvino on a CPU when installed, else torch)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="forward precision; bf16 is part of the method name and cache key")
+    p.add_argument("--scales", type=scale_list, default=SINGLE_SCALE,
+                   help="comma-separated image scales, e.g. 1,0.7071,0.5 (default 1)")
+
+
+def scale_list(text: str) -> tuple[float, ...]:
+    """`1,0.7071,0.5` -> (1.0, 0.7071, 0.5); argparse turns the ValueError into a one-line error."""
+    try:
+        scales = tuple(float(s) for s in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"scales must be comma-separated numbers, got {text!r}") from None
+    if min(scales) <= 0:
+        raise argparse.ArgumentTypeError(f"scales must be positive, got {text!r}")
+    return scales
 
 
 def methods_from_args(args, poolings: list[str]) -> list:
     from .method import Method
 
     return [Method(backbone=args.backbone, pooling=p, size=args.size, weights=args.weights,
-                   whitening=args.whiten, whiten_on=args.whiten_on if args.whiten != "none" else "")
+                   whitening=args.whiten, whiten_on=args.whiten_on if args.whiten != "none" else "",
+                   precision=args.precision, scales=args.scales)
             for p in poolings]
 
 
@@ -109,7 +127,8 @@ def tqdm_progress():
 
 def extraction_options(args) -> dict:
     return {"progress": tqdm_progress(), "device": args.device, "workers": args.workers,
-            "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file}
+            "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file,
+            "runtime": args.runtime}
 
 
 # --- extract -------------------------------------------------------------------

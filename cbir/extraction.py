@@ -26,6 +26,7 @@ from typing import Callable
 import numpy as np
 
 from . import __version__
+from .batching import BATCH_PIXELS
 from .cache import (CacheError, Entry, PartialRun, dataset_key, entry_dir, list_datasets,
                     load_entry, load_entry_array, partial_dir, save_dataset, save_entry)
 from .data import Dataset
@@ -47,7 +48,7 @@ RESIZE_NOTE = "longer side scaled down to the method size (never up), aspect kep
 QUERY_NOTE = "query cropped to its box; the crop scaled by its full image's factor"
 # Provenance a post-hoc whitened entry copies from the un-whitened entry it is derived from.
 INHERITED = ("versions", "weights_sha256", "weights_source", "weights_file", "backbone", "image_size",
-             "images_per_second", "resize", "query_crop", "device", "precision", "extraction_seconds",
+             "images_per_second", "resize", "query_crop", "device", "precision", "runtime", "conversion", "extraction_seconds",
              "skipped_images", "missing_images", "n_images_total", "n_queries_total")
 
 
@@ -232,11 +233,6 @@ def _region_sample(fmap, index: int, quota: int) -> np.ndarray:
     return regions[take]
 
 
-def _pass_items(dataset: Dataset) -> list[tuple[str, tuple | None]]:
-    return ([(str(dataset.image_path(i)), None) for i in range(len(dataset.images))]
-            + [(str(dataset.query_path(q)), dataset.queries[q].bbox) for q in range(len(dataset.queries))])
-
-
 def _versions() -> dict:
     import PIL
     import timm
@@ -246,14 +242,19 @@ def _versions() -> dict:
             "numpy": np.__version__, "pillow": PIL.__version__}
 
 
-def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, device, *,
-              progress: Progress | None, cancel, workers: int, chunk_size: int) -> tuple[dict, dict, PartialRun]:
+def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, device, *, forward,
+              progress: Progress | None, cancel, workers: int, chunk_size: int,
+              batch_pixels: int) -> tuple[dict, dict, PartialRun]:
     """Compute every head for every image and query: (arrays by head slug, run info, its partial run).
 
-    The caller removes the partial run once the entries are written."""
+    `forward` is the runtime's (see `cbir.runtime`); equal-size images share a batch
+    (`cbir.batching`). The caller removes the partial run once the entries are written."""
     import torch
 
-    items = _pass_items(dataset)
+    from .batching import SizeBatcher, pass_items
+    from .multiscale import describe_scales
+
+    items, rows = pass_items(dataset)
     n_db, n = len(dataset.images), len(items)
     n_chunks = math.ceil(n / chunk_size)
     quota = max(1, REGIONS_SAMPLE // max(1, n_db))
@@ -264,7 +265,7 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
         "backbone": backbone.name, "weights_sha256": backbone.weights_sha256,
         "heads": [h.fingerprint() for h in heads], "chunk_size": chunk_size,
         "region_quota": quota if stores_regions else 0, "device": device.type,
-        "torch": torch.__version__,
+        "torch": torch.__version__, "runtime": forward.info["runtime"],
     }
     run_id = "{}-{}-{}-{}".format(backbone.name, heads[0].method.size, heads[0].method.weights,
                                   hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12])
@@ -292,24 +293,27 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
             batch_size=None, shuffle=False, num_workers=workers,
             worker_init_fn=_init_worker if workers else None,
             prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
-        cuda = device.type == "cuda"
         done, current, started = resumed, {}, time.perf_counter()
+        batcher = SizeBatcher(batch_pixels)
+        poolers = [(h.method.pooling, lambda fmap, h=h: _pool_head(fmap, h)) for h in heads]
         with torch.inference_mode():
             for index, tensor, error in loader:
                 if error:
                     raise RuntimeError(f"{error}; it is listed in the dataset, so the dataset changed "
                                        "on disk: reload it (unreadable images are skipped at load time)")
-                x = normalise(tensor.unsqueeze(0).to(device, non_blocking=True), backbone.mean, backbone.std)
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                    fmap = backbone.model(x)
-                fmap = fmap.float()
-                current[index] = ([_pool_head(fmap, h)[0].float().cpu().numpy() for h in heads],
-                                  _region_sample(fmap, index, quota) if stores_regions and index < n_db
-                                  else None)
-                done += 1
                 c = index // chunk_size
-                if index == chunk_range(c)[-1]:
+                last = index == chunk_range(c)[-1]
+                for indices, batch in batcher.add(index, tensor) + (batcher.flush() if last else []):
+                    x = normalise(batch.to(device, non_blocking=True), backbone.mean, backbone.std)
+                    descs, fmap = describe_scales(x, heads[0].method.scales, forward, poolers)
+                    descs = [d.float().cpu().numpy() for d in descs]
+                    for b, i in enumerate(indices):
+                        current[i] = ([d[b] for d in descs], _region_sample(fmap[b:b + 1], i, quota)
+                                      if stores_regions and i < n_db else None)
+                    done += len(indices)
+                    if progress:
+                        progress(done, n, stage)
+                if last:
                     arrays = {f"d{j}": np.stack([current[i][0][j] for i in chunk_range(c)])
                               for j in range(len(heads))}
                     if stores_regions:
@@ -319,14 +323,12 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
                     run.save_chunk(c, arrays, time.perf_counter() - started)
                     chunks[c] = arrays
                     current, started = {}, time.perf_counter()
-                if progress:
-                    progress(done, n, stage)
                 if cancel is not None and cancel.is_set():
                     raise ExtractionCancelled(f"extraction cancelled after {done} of {n} images; "
                                               "completed chunks are kept and the next run resumes")
 
     ordered = [chunks[c] for c in range(n_chunks)]
-    outputs = {h.method.slug(): np.concatenate([a[f"d{j}"] for a in ordered]).astype(np.float32)
+    outputs = {h.method.slug(): np.concatenate([a[f"d{j}"] for a in ordered]).astype(np.float32)[rows]
                for j, h in enumerate(heads)}
     if stores_regions:
         outputs[REGIONS_FILE] = np.concatenate([a["regions"] for a in ordered]).astype(np.float32)
@@ -388,21 +390,26 @@ def whitening_arrays(whitening) -> dict[str, np.ndarray]:
     return {WHITENING_MEAN: whitening.mean, WHITENING_PROJECTION: whitening.projection}
 
 
-def describe_image(path, method: Method, backbone, bbox=None, whitening=None) -> np.ndarray:
+def describe_image(path, method: Method, backbone, bbox=None, whitening=None, forward=None) -> np.ndarray:
     """(1, D) float32 descriptor of one image file, computed exactly as a cached query is.
 
     For a query against a whitened entry pass `entry_whitening(entry)`: per region for
     R-MAC, after pooling otherwise, as the entry's own descriptors were whitened.
+    `forward` is a `cbir.runtime` forward (default: torch on the CPU).
     """
     import torch
 
+    from .multiscale import describe_scales
+    from .runtime import TorchForward
     from .whitening import apply_whitening
 
     image = load_image(path, method.size, bbox)
     per_region = whitening if method.pooling == "rmac" else None
+    forward = forward or TorchForward(backbone, torch.device("cpu"), method.precision)
     with torch.inference_mode():
-        fmap = backbone.model(image_tensor(image, backbone.mean, backbone.std)[None])
-        desc = _pool_head(fmap, Head(method, per_region)).float().cpu().numpy()
+        (desc,), _ = describe_scales(image_tensor(image, backbone.mean, backbone.std)[None], method.scales,
+                                     forward, [(method.pooling, lambda f: _pool_head(f, Head(method, per_region)))])
+        desc = desc.float().cpu().numpy()
     if whitening is not None and per_region is None:
         desc = apply_whitening(desc, whitening)
     return desc
@@ -447,9 +454,10 @@ def _cached(cache_root: Path, dataset: Dataset, method: Method) -> Entry | None:
 
 
 def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress: Progress | None = None,
-            device=None, batch_size: int = 1, workers: int | None = None, *, dtype: str = "float32",
+            device=None, workers: int | None = None, *, dtype: str = "float32",
             weights_file: Path | None = None, cancel=None, chunk_size: int = CHUNK_SIZE,
-            threads: int | None = None) -> dict[Method, Entry]:
+            threads: int | None = None, runtime: str | None = None,
+            batch_pixels: int = BATCH_PIXELS) -> dict[Method, Entry]:
     """Compute, cache and return the descriptors of `methods` on `dataset` (recomputing them).
 
     Methods sharing backbone, weights and size share one forward pass. A whitened
@@ -458,11 +466,10 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
     post-hoc; whitened R-MAC needs a second pass (whitening per region). `progress`
     is called as (done, total, stage); it may raise to stop, as may setting the
     `cancel` event: completed chunks stay in the cache's `.partial` directory and the
-    next call resumes from them. Images are fed one at a time (`batch_size` 1), as
-    sizes vary and must never be distorted to batch.
+    next call resumes from them. Images that resize to the same height and width share
+    a batch of at most `batch_pixels` input pixels (never cropped or distorted to batch).
+    `runtime` runs the forward (`cbir.runtime`; default: OpenVINO on a CPU when installed).
     """
-    if batch_size != 1:
-        raise ValueError("batch_size must be 1: images keep their own size (no crop or distortion to batch)")
     if dtype not in DTYPES:
         raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {DTYPES}")
     cache_root = Path(cache_root)
@@ -475,21 +482,26 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
     entries: dict[Method, Entry] = {}
     groups: dict[tuple, list[Method]] = {}
     for key in dict.fromkeys(wanted.values()):
-        groups.setdefault((key.backbone, key.weights, key.size), []).append(key)
-    for (backbone_name, weights, _size), group in groups.items():
+        groups.setdefault((key.backbone, key.weights, key.size, key.precision, key.scales), []).append(key)
+    for (backbone_name, weights, *_), group in groups.items():
         entries |= _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file,
                                   progress=progress, device=device, workers=workers, dtype=dtype,
-                                  cancel=cancel, chunk_size=chunk_size, threads=threads)
+                                  cancel=cancel, chunk_size=chunk_size, threads=threads, runtime=runtime,
+                                  batch_pixels=batch_pixels)
     return {m: entries[key] for m, key in wanted.items()}
 
 
 def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file, *, progress, device,
-                   workers, dtype, cancel, chunk_size, threads) -> dict[Method, Entry]:
+                   workers, dtype, cancel, chunk_size, threads, runtime, batch_pixels) -> dict[Method, Entry]:
     import torch
 
+    from .runtime import check_runtime, default_runtime, make_forward
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    runtime = runtime or default_runtime(device.type)
+    check_runtime(runtime, device.type)
     workers = default_workers(device.type) if workers is None else workers
-    backbone = None
+    backbone = runner = None
     entries: dict[Method, Entry] = {}
 
     def get_backbone():
@@ -501,6 +513,13 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
             backbone = replace(loaded, model=loaded.model.to(device).to(memory_format=torch.channels_last))
         return backbone
 
+    def get_runner(n_threads: int):
+        nonlocal runner
+        if runner is None:
+            runner = make_forward(runtime, get_backbone(), device, cache_root=cache_root, size=group[0].size,
+                                  precision=group[0].precision, threads=n_threads)
+        return runner
+
     def save(heads: list[Head], outputs: dict, info: dict, run: PartialRun, whitenings: dict) -> None:
         bb = get_backbone()
         common = {"versions": _versions(), "weights_sha256": bb.weights_sha256,
@@ -509,9 +528,7 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
                   "backbone": {"name": bb.name, "channels": bb.channels, "n_params": bb.n_params,
                                "mean": list(bb.mean), "std": list(bb.std)},
                   "image_size": heads[0].method.size, "resize": RESIZE_NOTE, "query_crop": QUERY_NOTE,
-                  "device": str(device),
-                  "precision": "bfloat16 autocast forward, float32 pooling" if device.type == "cuda"
-                  else "float32", "storage_dtype": dtype, "n_images_total": dataset.n_images_total,
+                  "device": str(device), **runner.info, "storage_dtype": dtype, "n_images_total": dataset.n_images_total,
                   "n_queries_total": dataset.n_queries_total, "skipped_images": dataset.unreadable,
                   "missing_images": len(dataset.missing),
                   **info}
@@ -529,10 +546,11 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
         run.remove()
 
     def forward(heads: list[Head], whitenings: dict) -> None:
-        with torch_threads(threads or default_threads(workers, device.type)):
+        n_threads = threads or default_threads(workers, device.type)
+        with torch_threads(n_threads):
             outputs, info, run = _run_pass(dataset, heads, get_backbone(), cache_root, device,
-                                           progress=progress, cancel=cancel, workers=workers,
-                                           chunk_size=chunk_size)
+                                           forward=get_runner(n_threads), progress=progress, cancel=cancel,
+                                           workers=workers, chunk_size=chunk_size, batch_pixels=batch_pixels)
         save(heads, outputs, info, run, whitenings)
 
     plain = [m for m in group if m.whitening == "none"]
@@ -597,15 +615,22 @@ def ensure_descriptors(dataset: Dataset, method: Method, cache_root: Path, progr
     (a trained head's from the descriptors it applies to).
 
     A present but defective entry (truncated, tampered, stale) is reported on the log
-    before it is rebuilt, so nobody silently waits for a re-extraction.
+    before it is rebuilt, so nobody silently waits for a re-extraction. The pass that
+    builds an un-whitened method also builds its other poolings the cache lacks: the
+    forward is the cost, so the next pooling then costs nothing.
     """
     if method.head:
         from .headstore import head_entry
 
         return head_entry(dataset, method, cache_root, progress, **options)
+    from .method import POOLINGS
+
     try:
         return load_entry(cache_root, dataset, method)
     except CacheError as exc:
         if entry_dir(cache_root, dataset_key(dataset), method).exists():
             log.warning("rebuilding defective cache entry: %s", exc)
-    return extract(dataset, [method], cache_root, progress=progress, **options)[method]
+    key = method.descriptor_key()
+    siblings = [replace(key, pooling=p) for p in POOLINGS if p != key.pooling and key.whitening == "none"]
+    missing = [m for m in siblings if _cached(cache_root, dataset, m) is None]
+    return extract(dataset, [method] + missing, cache_root, progress=progress, **options)[method]

@@ -273,7 +273,7 @@ def _train(vectors, owner, labels, options: TrainOptions, pair_vectors, checkpoi
     options.check()
     labels = np.asarray(labels)
     val = validation_split(labels, options.val_fraction, options.seed)
-    from .regions import aggregate
+    from .regionstore import aggregate
 
     plain = aggregate(vectors, owner, len(labels))
     lw = None
@@ -364,7 +364,7 @@ def training_vectors(dataset: Dataset, method: Method, cache_root: Path, progres
     from .extraction import ensure_descriptors
 
     if method.pooling == "rmac":
-        from .regions import ensure_regions
+        from .regionstore import ensure_regions
 
         regions = ensure_regions(dataset, method, cache_root, progress,
                                  **{k: options[k] for k in ("weights_file", "device") if k in options})

@@ -51,7 +51,7 @@ class Head:
 
     def describe(self, vectors: np.ndarray, owner: np.ndarray, n: int) -> np.ndarray:
         """(n, D) descriptors: head, L2 per vector, summed per owner, L2 (one vector each: just head + L2)."""
-        from .regions import aggregate
+        from .regionstore import aggregate
 
         out = self.transform(vectors)
         out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
@@ -166,7 +166,7 @@ def head_entry(dataset: Dataset, method: Method, cache_root: Path, progress=None
 
         db, queries = describe_dataset(dataset, method, head, options.get("weights_file"), progress)
     elif base.pooling == "rmac":
-        from .regions import ensure_regions
+        from .regionstore import ensure_regions
 
         regions = ensure_regions(dataset, base, cache_root, progress,
                                  **{k: options[k] for k in ("weights_file", "device") if k in options})

@@ -1,9 +1,10 @@
 """The name of a retrieval method, and the cache key of its descriptors.
 
 A method is backbone x weights x image size x pooling x whitening x trained head
-(cbir.heads) x re-ranking.
-Descriptors depend only on the first six, so `descriptor_key()` drops the
-re-ranking part: every re-ranking of the same descriptors shares one cache entry.
+(cbir.heads) x re-ranking, plus the forward precision and image scales (appended last; at
+their defaults, fp32 and the single scale 1, names and cache keys are those of before).
+Descriptors depend on all but the re-ranking, so `descriptor_key()` drops it: every
+re-ranking of the same descriptors shares one cache entry.
 """
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ SHORT_BACKBONES = {"tf_efficientnet_lite0": "Lite0", "tf_efficientnet_lite1": "L
 def short_backbone(name: str) -> str:
     """What users call a backbone ("Lite0" for timm's tf_efficientnet_lite0); other timm names as they are."""
     return SHORT_BACKBONES.get(name, name)
+PRECISIONS = ("fp32", "bf16")
+SINGLE_SCALE = (1.0,)
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class Method:
     fsr_rank: int = 256
     head: str = ""
     head_transductive: bool = False
+    precision: str = "fp32"
+    scales: tuple[float, ...] = SINGLE_SCALE
 
     def __post_init__(self):
         if self.pooling not in POOLINGS:
@@ -66,12 +71,17 @@ class Method:
             raise ValueError(f"k-reciprocal lambda must lie in [0, 1], got {self.kr_lambda}")
         if self.head_transductive and not self.head:
             raise ValueError("head_transductive needs a head")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {self.precision!r}; choose one of {PRECISIONS}")
+        object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError(f"scales must be a non-empty list of positive factors, got {self.scales}")
 
     def descriptor_key(self) -> "Method":
         """The part of the method that determines the descriptors (the cache key)."""
         return Method(self.backbone, self.pooling, self.size, self.weights,
                       self.whitening, self.whiten_on, head=self.head,
-                      head_transductive=self.head_transductive)
+                      head_transductive=self.head_transductive, precision=self.precision, scales=self.scales)
 
     def without_head(self) -> "Method":
         """The method whose descriptors a trained head (cbir.heads) is applied to."""
@@ -83,6 +93,10 @@ class Method:
         parts = [self.backbone, self.pooling, str(self.size), self.weights, self.whitening]
         if self.whitening != "none":
             parts.append(self.whiten_on or "transductive")
+        if self.precision != "fp32":
+            parts.append(self.precision)
+        if self.scales != SINGLE_SCALE:
+            parts.append("ms" + "_".join(f"{s:g}" for s in self.scales))
         if self.head:
             parts.append(f"head_{self.head}" + ("_transductive" if self.head_transductive else ""))
         return "-".join(re.sub(r"[^A-Za-z0-9_.]+", "_", p) for p in parts)
@@ -95,6 +109,10 @@ class Method:
             text += f" {self.size}px"
         if self.weights != "imagenet":
             text += f" [{self.weights} weights]"
+        if self.scales != SINGLE_SCALE:
+            text += f" ms({','.join(f'{s:g}' for s in self.scales)})"
+        if self.precision != "fp32":
+            text += f" [{self.precision}]"
         if self.whitening != "none":
             text += f" +{self.whitening}({self.whiten_on or 'transductive'})"
         if self.head:

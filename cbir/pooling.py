@@ -6,20 +6,17 @@ toolbox (`roipool`/`rmac`), with the full map appended as the last region.
 """
 from __future__ import annotations
 
-import math
 from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 
 from .method import POOLINGS
+from .regions import rmac_regions  # the region grid is torch-free (cbir.regions)
 
 if TYPE_CHECKING:
     from .whitening import Whitening
 
 EPS = 1e-6
-RMAC_OVERLAP = 0.4
-RMAC_STEPS = torch.arange(2, 8, dtype=torch.float32)
 
 
 def l2n(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -38,41 +35,6 @@ def spoc(fmap: torch.Tensor) -> torch.Tensor:
 def gem(fmap: torch.Tensor, p: float = 3.0, eps: float = EPS) -> torch.Tensor:
     """Generalised mean: p = 1 is SPoC, p -> infinity is MAC; clamping keeps the root real."""
     return fmap.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
-
-
-def rmac_regions(h: int, w: int, L: int = 3) -> np.ndarray:
-    """Tolias' R-MAC regions of an h x w map as int rows (x, y, width, height), full map last.
-
-    Square regions of side floor(2 min(h, w) / (l + 1)) at level l = 1..L, on a grid with
-    `extra` more positions along the long side, chosen so neighbours overlap by about 40%.
-    Computed with the reference's float32 torch arithmetic, so rounding matches it too: on a
-    9:5 map two step counts tie exactly and float32 picks the first, where float64 (Tolias'
-    MATLAB) picks the second. Like the reference, a level whose side rounds to 0 is skipped,
-    and on tiny maps the floor of the starts can place two regions at the same position.
-    """
-    if h < 1 or w < 1:
-        raise ValueError(f"feature map must be at least 1x1, got {h}x{w}")
-    side = min(h, w)
-    step_offsets = (max(h, w) - side) / (RMAC_STEPS - 1)
-    _, idx = torch.min(torch.abs((side ** 2 - side * step_offsets) / side ** 2 - RMAC_OVERLAP), 0)
-    extra_w = idx.item() + 1 if h < w else 0
-    extra_h = idx.item() + 1 if h > w else 0
-
-    def starts(length: int, wl: int, wl2: int, n: int) -> list[int]:
-        b = 0 if n == 1 else (length - wl) / (n - 1)
-        return (torch.floor(wl2 + torch.arange(n, dtype=torch.float32) * b).int() - wl2).tolist()
-
-    regions = []
-    for level in range(1, L + 1):
-        wl = math.floor(2 * side / (level + 1))
-        if wl == 0:
-            continue
-        wl2 = math.floor(wl / 2 - 1)
-        xs = starts(w, wl, wl2, level + extra_w)
-        ys = starts(h, wl, wl2, level + extra_h)
-        regions.extend((x, y, wl, wl) for y in ys for x in xs)
-    regions.append((0, 0, w, h))
-    return np.asarray(regions, dtype=np.int64)
 
 
 def batch_regional_macs(fmap: torch.Tensor, L: int = 3) -> torch.Tensor:

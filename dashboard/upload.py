@@ -2,7 +2,9 @@
 
 The descriptor goes through the same preprocessing as the cached queries
 (`cbir.extraction.load_image`: max side = method size, box crop scaled like the
-full image) and the same pooling. torch is imported only here, when the user asks.
+full image) and the same pooling. An entry that carries its converted OpenVINO model
+is described without torch (`cbir.torchfree`); otherwise torch is imported only here,
+when the user asks.
 """
 from __future__ import annotations
 
@@ -36,6 +38,12 @@ def torch_available() -> bool:
     return importlib.util.find_spec("torch") is not None and importlib.util.find_spec("timm") is not None
 
 
+def can_upload() -> bool:
+    """torch, or OpenVINO for entries that carry their converted model."""
+    import importlib.util
+    return torch_available() or importlib.util.find_spec("openvino") is not None
+
+
 def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, entry) -> np.ndarray:
     """(1, D) float32 descriptor of the uploaded file cropped to `box`, comparable with `entry`.
 
@@ -43,18 +51,20 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
     whitening (or a trained head) are exactly those of the cached queries
     (`cbir.extraction.describe_image`, `cbir.headstore.describe_image_with_head`).
     """
+    from cbir import torchfree
     from cbir.extraction import describe_image, entry_whitening
     from cbir.headstore import describe_image_with_head, load_head
 
     # A head lives in the cache (or bundle) holding its entry: <root>/heads/<name>.
     head = load_head(entry.path.parents[1], method.head) if method.head else None
-    backbone = _backbone(method.backbone, method.weights)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{Path(name).suffix.lower()}"
         path.write_bytes(data)
         if head is not None:
-            return describe_image_with_head(path, method, backbone, head, box)
-        return describe_image(path, method, backbone, box, entry_whitening(entry))
+            return describe_image_with_head(path, method, _backbone(method.backbone, method.weights), head, box)
+        if torchfree.can_describe(method, entry):
+            return torchfree.describe_image(path, method, entry, box, entry_whitening(entry))
+        return describe_image(path, method, _backbone(method.backbone, method.weights), box, entry_whitening(entry))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the backbone...")

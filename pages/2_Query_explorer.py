@@ -104,8 +104,9 @@ for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.met
 
 st.divider()
 st.subheader("Your own image as a query")
-if not upload.torch_available():
-    st.info("Describing an uploaded image needs a CNN: install torch and timm "
+if not upload.can_upload():
+    st.info("Describing an uploaded image needs a CNN: install openvino (enough for entries that carry "
+            "their converted model, as bundles built from OpenVINO extractions do) or torch and timm "
             "(`pip install torch timm`), then reload. Everything else works without them.")
 else:
     file = st.file_uploader("Image (JPEG, PNG, WebP)", type=["jpg", "jpeg", "png", "webp"], key="upload")

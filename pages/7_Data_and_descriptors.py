@@ -14,7 +14,8 @@ import streamlit as st
 
 from cbir.cache import CacheError, load_entry, read_manifest
 from cbir.heads import HEAD_KINDS
-from cbir.method import POOLINGS
+from cbir.method import POOLINGS, PRECISIONS
+from cbir.runtime import RUNTIMES
 from dashboard import gallery, loaders, sidebar, state
 
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
@@ -97,6 +98,9 @@ with st.form("extract"):
     backbone = st.text_input("Backbone (timm name)", value="tf_efficientnet_lite0")
     poolings = st.multiselect("Poolings (one forward pass serves them all)", POOLINGS, default=["spoc", "rmac"])
     size = st.number_input("Max image side (px, only downscales)", 64, 2048, 1024, 32)
+    runtime = st.selectbox("Runtime", ("auto",) + RUNTIMES,
+                           help="auto: OpenVINO on a CPU when installed (same float32 descriptors, faster), else torch")
+    precision = st.selectbox("Precision", PRECISIONS, help="bf16 is faster and labelled in the method name")
     go_extract = st.form_submit_button("Extract")
 if go_extract and (root := inside_data_root(folder)) is not None:
     if not poolings:
@@ -120,8 +124,9 @@ if go_extract and (root := inside_data_root(folder)) is not None:
                 st.write(f"{dataset.name}: {dataset.status_line()}")
                 for bad in dataset.unreadable:
                     st.warning(f"skipped unreadable image {bad.get('name')}: {bad.get('error')}")
-                entries = extract(dataset, [Method(backbone=backbone, pooling=p, size=int(size)) for p in poolings],
-                                  cache_root, progress=progress)
+                methods = [Method(backbone=backbone, pooling=p, size=int(size), precision=precision) for p in poolings]
+                entries = extract(dataset, methods, cache_root, progress=progress,
+                                  runtime=None if runtime == "auto" else runtime)
             except ImportError as exc:
                 status.update(label=f"Extraction needs torch and timm ({exc}): pip install torch timm",
                               state="error")

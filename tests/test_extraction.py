@@ -31,8 +31,9 @@ SIZE = 64
 
 
 def run(dataset, methods, cache, **options):
-    """`extract` with one torch thread and no worker process: fast and steady on a busy machine."""
-    return extract(dataset, methods, cache, **({"workers": 0, "threads": 1} | options))
+    """`extract` with one torch thread, no worker process and the torch runtime (no conversion):
+    fast and steady on a busy machine. tests/test_runtime.py covers the other runtime."""
+    return extract(dataset, methods, cache, **({"workers": 0, "threads": 1, "runtime": "torch"} | options))
 
 
 def lite(pooling: str, **kw) -> Method:
@@ -121,8 +122,9 @@ def test_model_receives_whole_images_and_scaled_query_crops(tmp_path, monkeypatc
     shapes = record_model_inputs(monkeypatch)
     run(dataset, [lite("mac")], tmp_path / "cache")
     # 160x120 at 64: factor 0.4 -> 64x48; 90x200 -> 29x64; 40x30 fits (kept);
-    # query box 80x80 of the 160x120 image, factor 0.4 -> 32x32; the second query is a whole image.
-    assert shapes == [(1, 3, 48, 64), (1, 3, 64, 29), (1, 3, 30, 40), (1, 3, 32, 32), (1, 3, 30, 40)]
+    # query box 80x80 of the 160x120 image, factor 0.4 -> 32x32; the second query is the whole
+    # database image im2, described once and its row reused.
+    assert shapes == [(1, 3, 48, 64), (1, 3, 64, 29), (1, 3, 30, 40), (1, 3, 32, 32)]
 
 
 # --- one pass, several poolings -------------------------------------------------------
@@ -131,7 +133,7 @@ def test_several_poolings_from_one_pass_equal_separate_runs(paris_like, tmp_path
     shapes = record_model_inputs(monkeypatch)
     together = run(paris_like, [lite("mac"), lite("gem"), lite("rmac")], tmp_path / "a")
     n_items = len(paris_like.images) + len(paris_like.queries)
-    assert len(shapes) == n_items  # one forward pass for the three poolings
+    assert sum(s[0] for s in shapes) == n_items  # one forward pass (batched) for the three poolings
     for pooling in ("gem", "rmac"):
         alone = run(paris_like, [lite(pooling)], tmp_path / pooling)[lite(pooling)]
         assert np.array_equal(together[lite(pooling)].db, alone.db)
@@ -177,7 +179,7 @@ ds = Dataset.load(Path({dataset!r}))
 methods = [Method(backbone="tf_efficientnet_lite0", pooling=p, size={size}, weights="random")
            for p in ("gem", "rmac")]
 extract(ds, methods, Path({cache!r}), progress=lambda done, total, stage: time.sleep(0.3),
-        workers=1, chunk_size=3, threads=1)
+        workers=1, chunk_size=3, threads=1, runtime="torch")
 """
 
 
@@ -216,12 +218,12 @@ def test_killed_extraction_resumes_to_identical_descriptors(paris_like, tmp_path
 def test_cancelled_extraction_keeps_chunks_and_resumes(paris_like, tmp_path):
     cancel = threading.Event()
 
-    def stop_after_seven(done, total, stage):
-        if done >= 7:
+    def stop_in_first_chunk(done, total, stage):
+        if done >= 3:  # the first chunk's 4 equal-size images come as one batch
             cancel.set()
 
     with pytest.raises(ExtractionCancelled, match="next run resumes"):
-        run(paris_like, [lite("spoc")], tmp_path / "c", progress=stop_after_seven, cancel=cancel,
+        run(paris_like, [lite("spoc")], tmp_path / "c", progress=stop_in_first_chunk, cancel=cancel,
                 workers=0, chunk_size=4)
     assert len(list((tmp_path / "c").glob("*/.partial/*/chunk-*.npz"))) == 1
     assert not is_cached(tmp_path / "c", paris_like, lite("spoc"))
@@ -247,7 +249,7 @@ def test_truncated_cache_file_is_detected_and_rebuilt(paris_like, tmp_path, capl
     original = run(paris_like, [lite("mac")], tmp_path)[lite("mac")]
     truncate_file(original.path / "db.npy")
     with caplog.at_level(logging.WARNING, logger="cbir.extraction"):
-        rebuilt = ensure_descriptors(paris_like, lite("mac"), tmp_path, threads=1)
+        rebuilt = ensure_descriptors(paris_like, lite("mac"), tmp_path, threads=1, runtime="torch")
     assert "rebuilding defective cache entry" in caplog.text and "db.npy" in caplog.text
     assert np.array_equal(rebuilt.db, original.db)
     assert np.array_equal(load_entry(tmp_path, paris_like, lite("mac")).db, original.db)
@@ -324,7 +326,7 @@ def test_cli_extract_then_warm_evaluate_without_torch(tmp_path):
               "--cache", str(cache)]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     out = subprocess.run([sys.executable, "-m", "cbir", "extract", *common, "--pooling", "mac", "rmac",
-                          "--workers", "0", "--threads", "1"], capture_output=True, text=True, env=env, check=True)
+                          "--workers", "0", "--threads", "1", "--runtime", "torch"], capture_output=True, text=True, env=env, check=True)
     entries = json.loads(out.stdout)["entries"]
     assert [e["n_images"] for e in entries] == [18, 18]
     probe = ("import runpy, sys; sys.argv = ['cbir', 'evaluate'] + sys.argv[1:]\n"

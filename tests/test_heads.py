@@ -236,7 +236,7 @@ def test_evaluate_with_a_head_prints_the_same_report_with_the_head_named(trained
 
 def test_rmac_regions_sum_to_the_cached_rmac_descriptors(trained):
     from cbir.extraction import ensure_descriptors
-    from cbir.regions import aggregate, load_regions
+    from cbir.regionstore import aggregate, load_regions
 
     train, _, cache = trained
     dataset = load_dataset("csv", train)

@@ -1,0 +1,56 @@
+"""What one pass feeds the model: each distinct image once, equal sizes together.
+
+A query that is a whole database image (folder and CSV datasets) is that image's row.
+Images of equal size go through the model together, within a memory bound.
+
+Images keep their own aspect (never cropped or distorted to batch), so only those
+that come out of resizing with the same height and width share a batch: a folder
+of small images, or a GPU, gets full batches; 1024 px photos of mixed aspect
+mostly go one by one, as a batch of them would not fit the bound anyway.
+"""
+from __future__ import annotations
+
+BATCH_PIXELS = 1 << 20   # input pixels per batch: 64 images of 128 x 128, one of 1024 x 768
+MAX_BATCH = 32
+
+
+class SizeBatcher:
+    """Collects decoded (3, h, w) images by shape; `add` releases a group once it reaches the bound."""
+
+    def __init__(self, max_pixels: int = BATCH_PIXELS, max_batch: int = MAX_BATCH):
+        if max_pixels < 1 or max_batch < 1:
+            raise ValueError(f"batch bounds must be positive, got {max_pixels} pixels, {max_batch} images")
+        self.max_pixels, self.max_batch = max_pixels, max_batch
+        self.pending: dict[tuple, list] = {}
+
+    def add(self, index: int, image) -> list[tuple[list[int], object]]:
+        shape = tuple(image.shape)
+        group = self.pending.setdefault(shape, [])
+        group.append((index, image))
+        full = len(group) >= self.max_batch or (len(group) + 1) * shape[-1] * shape[-2] > self.max_pixels
+        return [self._release(shape)] if full else []
+
+    def flush(self) -> list[tuple[list[int], object]]:
+        return [self._release(shape) for shape in list(self.pending)]
+
+    def _release(self, shape) -> tuple[list[int], object]:
+        import torch
+
+        group = self.pending.pop(shape)
+        return [i for i, _ in group], torch.stack([img for _, img in group])
+
+
+def pass_items(dataset) -> tuple[list[tuple[str, tuple | None]], list[int]]:
+    """The distinct (path, box) items to describe, and the item of every output row (database then
+    queries): a query that is a whole database image is that image's row, described once."""
+    items = [(str(dataset.image_path(i)), None) for i in range(len(dataset.images))]
+    seen = {item: i for i, item in enumerate(items)}
+    rows = list(range(len(items)))
+    for q in range(len(dataset.queries)):
+        bbox = dataset.queries[q].bbox
+        item = (str(dataset.query_path(q)), tuple(bbox) if bbox is not None else None)
+        if item not in seen:
+            seen[item] = len(items)
+            items.append(item)
+        rows.append(seen[item])
+    return items, rows

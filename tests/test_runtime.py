@@ -1,0 +1,297 @@
+"""Runtimes, batching, no repeated work and multi-scale: same descriptors, less work."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("timm")
+
+import cbir.backbones  # noqa: E402
+from cbir.cache import load_entry  # noqa: E402
+from cbir.data import Dataset, Query, load_dataset  # noqa: E402
+from cbir.extraction import ensure_descriptors, extract  # noqa: E402
+from cbir.method import POOLINGS, Method  # noqa: E402
+from cbir.multiscale import describe_scales  # noqa: E402
+from cbir.pooling import l2n, pool  # noqa: E402
+from cbir.runtime import OpenVINOForward, TorchForward, check_runtime, default_runtime  # noqa: E402
+from synthetic import landmark_image, make_class_folder, write_jpeg  # noqa: E402
+
+needs_openvino = pytest.mark.skipif(default_runtime("cpu") != "openvino",
+                                    reason="openvino is not installed (pip install -r requirements-extract.txt)")
+
+
+def run(dataset, methods, cache, **options):
+    return extract(dataset, methods, cache, **({"workers": 0, "threads": 1, "runtime": "torch"} | options))
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def aspect_ratios(tmp_path_factory) -> Dataset:
+    """Landmark-like photos of several aspect ratios (wide, tall, square, panoramic) and two
+    cropped queries, at sizes that the 160 px policy downscales."""
+    root = tmp_path_factory.mktemp("aspects")
+    rng = np.random.default_rng(3)
+    sizes = [(320, 240), (240, 320), (256, 256), (400, 180), (300, 225), (180, 360)]
+    names = []
+    for i, size in enumerate(sizes):
+        write_jpeg(root / f"im{i}.jpg", landmark_image(i % 3, size, rng))
+        names.append(f"im{i}")
+    return Dataset(name="folder", root=str(root), images=names, paths=[n + ".jpg" for n in names],
+                   labels=["a", "b", "c", "a", "b", "c"],
+                   queries=[Query("im0", 0, "im0.jpg", (40.0, 30.0, 250.0, 200.0)),
+                            Query("im3", 3, "im3.jpg", (10.0, 10.0, 300.0, 170.0))],
+                   gnd={"class": [{"ok": np.array([0]), "junk": np.array([], np.int64)}] * 2},
+                   n_images_total=6, n_queries_total=2)
+
+
+def lite(pooling: str, size: int = 160, **kw) -> Method:
+    return Method(backbone="tf_efficientnet_lite0", pooling=pooling, size=size, **kw)
+
+
+# --- the runtime --------------------------------------------------------------------
+
+@needs_openvino
+def test_openvino_fp32_gives_torch_descriptors_for_every_pooling(aspect_ratios, tmp_path):
+    methods = [lite(p) for p in POOLINGS]
+    ref = run(aspect_ratios, methods, tmp_path / "torch")
+    ov = run(aspect_ratios, methods, tmp_path / "ov", runtime="openvino")
+    for m in methods:
+        assert ov[m].manifest["runtime"].startswith("openvino") and ov[m].manifest["precision"] == "float32"
+        for a, b in ((ref[m].db, ov[m].db), (ref[m].queries, ov[m].queries)):
+            assert cosines(a, b).min() >= 0.9999, (m.pooling, cosines(a, b).min())
+
+
+@needs_openvino
+def test_converted_model_is_stored_once_with_its_conversion_time(aspect_ratios, tmp_path):
+    first = run(aspect_ratios, [lite("mac")], tmp_path, runtime="openvino")[lite("mac")]
+    conversion = first.manifest["conversion"]
+    assert conversion["conversion_cached"] is False and conversion["conversion_seconds"] > 0
+    assert (tmp_path / ".models" / conversion["model_file"]).is_file()
+    again = run(aspect_ratios, [lite("spoc")], tmp_path, runtime="openvino")[lite("spoc")]
+    assert again.manifest["conversion"]["conversion_cached"] is True
+    assert again.manifest["conversion"]["model_file"] == conversion["model_file"]
+    other_size = run(aspect_ratios, [lite("mac", size=128)], tmp_path, runtime="openvino")[lite("mac", size=128)]
+    assert other_size.manifest["conversion"]["model_file"] != conversion["model_file"]
+
+
+@needs_openvino
+@pytest.mark.parametrize("name", ["vgg16", "resnet50", "efficientnet_b1", "tf_efficientnet_lite0",
+                                  "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
+def test_every_backbone_converts_and_matches_torch(name, tmp_path):
+    """Random weights where ImageNet ones are not offline; VGG-16 is its conv5 cut."""
+    backbone = cbir.backbones.load_backbone(name, "random")
+    x = torch.randn(2, 3, 96, 128, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        ref = TorchForward(backbone, torch.device("cpu"))(x)
+        got = OpenVINOForward(backbone, tmp_path, 128, threads=1)(x)
+    assert got.shape == ref.shape
+    for pooling in ("mac", "gem"):
+        assert cosines(pool(ref, pooling).numpy(), pool(got, pooling).numpy()).min() >= 0.9999
+
+
+def test_bf16_is_named_in_the_label_and_cache_key_and_fp32_keys_are_unchanged():
+    assert lite("rmac", 1024).slug() == "tf_efficientnet_lite0-rmac-1024-imagenet-none"
+    assert lite("rmac", 1024).label() == "Lite0 R-MAC"
+    bf16 = lite("rmac", 1024, precision="bf16")
+    assert bf16.slug() == "tf_efficientnet_lite0-rmac-1024-imagenet-none-bf16" and "[bf16]" in bf16.label()
+    assert bf16.descriptor_key() == bf16.with_rerank("diffusion").descriptor_key() != lite("rmac", 1024)
+    with pytest.raises(ValueError, match="precision"):
+        lite("mac", precision="fp8")
+
+
+def test_runtime_choice_errors_are_clear():
+    with pytest.raises(ValueError, match="unknown runtime"):
+        check_runtime("onnx", "cpu")
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        check_runtime("openvino", "cuda")
+    assert default_runtime("cuda") == "torch"
+
+
+@needs_openvino
+def test_bf16_extraction_is_a_separate_entry_close_to_fp32(aspect_ratios, tmp_path):
+    fp32 = run(aspect_ratios, [lite("gem")], tmp_path, runtime="openvino")[lite("gem")]
+    bf16_method = lite("gem", precision="bf16")
+    bf16 = run(aspect_ratios, [bf16_method], tmp_path, runtime="openvino")[bf16_method]
+    assert bf16.path != fp32.path and bf16.manifest["precision"] == "bfloat16 inference"
+    assert cosines(fp32.db, bf16.db).min() > 0.98
+
+
+# --- batching and no repeated work -----------------------------------------------------
+
+def record_batches(monkeypatch) -> list[tuple[int, ...]]:
+    shapes = []
+    original = cbir.backbones.load_backbone
+
+    def recording(*args, **kwargs):
+        backbone = original(*args, **kwargs)
+        backbone.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+        return backbone
+
+    monkeypatch.setattr(cbir.backbones, "load_backbone", recording)
+    return shapes
+
+
+def test_batches_give_the_descriptors_of_batch_one(tmp_path, monkeypatch):
+    root = make_class_folder(tmp_path / "small", per_class=5, size=(64, 48))
+    dataset = load_dataset("folder", root)
+    methods = [Method(backbone="tf_efficientnet_lite0", pooling=p, size=64, weights="random") for p in POOLINGS]
+    shapes = record_batches(monkeypatch)
+    batched = run(dataset, methods, tmp_path / "batched")
+    assert max(s[0] for s in shapes) == len(dataset.images)  # one batch of the 15 equal-size images
+    shapes.clear()
+    single = run(dataset, methods, tmp_path / "single", batch_pixels=1)
+    assert {s[0] for s in shapes} == {1}
+    for m in methods:
+        assert np.allclose(batched[m].db, single[m].db, atol=1e-5)
+        assert np.allclose(batched[m].queries, single[m].queries, atol=1e-5)
+
+
+def test_batches_respect_the_memory_bound(tmp_path, monkeypatch):
+    root = make_class_folder(tmp_path / "small", per_class=5, size=(64, 48))
+    shapes = record_batches(monkeypatch)
+    run(load_dataset("folder", root), [Method(pooling="mac", size=64, weights="random")], tmp_path / "c",
+        batch_pixels=4 * 64 * 48)
+    assert max(s[0] for s in shapes) == 4 and sum(s[0] for s in shapes) == 15
+
+
+def test_folder_whose_queries_are_its_images_runs_the_model_once_per_image(tmp_path, monkeypatch):
+    dataset = load_dataset("folder", make_class_folder(tmp_path / "coil", per_class=4))
+    assert len(dataset.queries) == len(dataset.images)
+    shapes = record_batches(monkeypatch)
+    entry = run(dataset, [Method(pooling="spoc", size=64, weights="random")], tmp_path / "c")[
+        Method(pooling="spoc", size=64, weights="random")]
+    assert sum(s[0] for s in shapes) == len(dataset.images)
+    rows = [q.index for q in dataset.queries]
+    assert np.array_equal(entry.queries, entry.db[rows])
+
+
+def test_cold_evaluate_of_one_pooling_caches_all_four_in_that_pass(tmp_path, monkeypatch):
+    dataset = load_dataset("folder", make_class_folder(tmp_path / "f", per_class=3))
+    shapes = record_batches(monkeypatch)
+    method = Method(pooling="gem", size=64, weights="random").with_rerank("diffusion")
+    ensure_descriptors(dataset, method, tmp_path / "c", workers=0, threads=1, runtime="torch")
+    assert sum(s[0] for s in shapes) == len(dataset.images)
+    for p in POOLINGS:
+        load_entry(tmp_path / "c", dataset, Method(pooling=p, size=64, weights="random"))
+
+
+# --- multi-scale -----------------------------------------------------------------------
+
+def test_single_scale_one_is_todays_descriptor(aspect_ratios, tmp_path):
+    today = run(aspect_ratios, [lite("rmac"), lite("gem")], tmp_path / "a")
+    explicit = [lite("rmac", scales=[1]), lite("gem", scales=(1.0,))]
+    assert [m.slug() for m in explicit] == [lite("rmac").slug(), lite("gem").slug()]
+    again = run(aspect_ratios, explicit, tmp_path / "b")
+    for m in explicit:
+        assert np.array_equal(today[m].db, again[m].db) and np.array_equal(today[m].queries, again[m].queries)
+
+
+def test_multiscale_is_cnnimageretrieval_extract_ms():
+    """A direct transcription of cnnimageretrieval's `extract_ms`: v = sum_s pool(net(resize(x, s)))^p,
+    v /= |scales|, v = v^(1/p), L2; p = 3 for GeM, 1 otherwise."""
+    backbone = cbir.backbones.load_backbone("tf_efficientnet_lite0", "random")
+    x = torch.rand(1, 3, 120, 160, generator=torch.Generator().manual_seed(1))
+    scales = (1.0, 0.7071, 0.5)
+    calls = []
+
+    def forward(t):
+        calls.append(tuple(t.shape))
+        return backbone.model(t)
+
+    poolers = [(p, lambda f, p=p: pool(f, p)) for p in POOLINGS]
+    with torch.inference_mode():
+        got, _ = describe_scales(x, scales, forward, poolers)
+        for (name, _), desc in zip(poolers, got):
+            p = 3.0 if name == "gem" else 1.0
+            v = torch.zeros_like(desc)
+            for s in scales:
+                t = x if s == 1 else torch.nn.functional.interpolate(x, scale_factor=s, mode="bilinear",
+                                                                     align_corners=False)
+                v += pool(backbone.model(t), name).pow(p)
+            expected = l2n((v / len(scales)).pow(1.0 / p))
+            assert torch.allclose(desc, expected, atol=1e-6), name
+    assert calls == [(1, 3, 120, 160), (1, 3, 84, 113), (1, 3, 60, 80)]  # one forward per scale, all poolings
+
+
+def test_multiscale_is_its_own_cache_entry(aspect_ratios, tmp_path):
+    multi = lite("mac", scales=(1, 0.7071, 0.5))
+    assert multi.slug() == "tf_efficientnet_lite0-mac-160-imagenet-none-ms1_0.7071_0.5"
+    assert "ms(1,0.7071,0.5)" in multi.label() and Method.from_dict(multi.to_dict()) == multi
+    entries = run(aspect_ratios, [multi, lite("mac")], tmp_path)
+    assert entries[multi].path != entries[lite("mac")].path
+    c = cosines(entries[multi].db, entries[lite("mac")].db)
+    assert 0.8 < c.min() and c.max() < 1 - 1e-4  # related, not the same
+
+
+# --- an upload described without torch --------------------------------------------------
+
+def test_numpy_pooling_equals_torch_pooling_for_every_pooling():
+    from cbir import torchfree
+    from cbir.pooling import rmac
+    from cbir.whitening import learn_whitening
+
+    rng = np.random.default_rng(0)
+    whitening = learn_whitening(rng.random((200, 16), np.float32), power=0.5, learned_on="x")
+    for h, w in ((7, 12), (12, 7), (9, 5), (3, 3)):
+        fmap = np.maximum(rng.standard_normal((16, h, w)).astype(np.float32), 0)
+        for p in POOLINGS:
+            expected = pool(torch.from_numpy(fmap[None]), p)[0].numpy()
+            assert np.allclose(torchfree.pool(fmap, p), expected, atol=1e-6), (p, h, w)
+        whitened = rmac(torch.from_numpy(fmap[None]), whitening=whitening)[0].numpy()
+        assert np.allclose(torchfree.pool(fmap, "rmac", whitening), whitened, atol=1e-5)
+
+
+TORCHLESS_UPLOAD = """
+import sys
+sys.modules["torch"] = sys.modules["timm"] = None  # importing either now fails
+from pathlib import Path
+import numpy as np
+from cbir import torchfree
+from cbir.cache import list_datasets, load_entry
+from cbir.extraction import entry_whitening
+from cbir.method import Method
+bundle = Path(sys.argv[1])
+dataset = next(iter(list_datasets(bundle).values()))
+query = dataset.queries[2]
+for pooling in ("rmac", "gem"):
+    for whitening in ("none", "pca-partial"):
+        method = Method(pooling=pooling, size=64, whitening=whitening)
+        entry = load_entry(bundle, dataset, method)
+        assert torchfree.can_describe(method, entry)
+        got = torchfree.describe_image(Path(sys.argv[2]) / query.path, method, entry, query.bbox,
+                                       entry_whitening(entry))
+        print(pooling, whitening, float(np.abs(got[0] - entry.queries[2].astype(np.float32)).max()))
+"""
+
+
+@needs_openvino
+def test_bundle_carries_the_converted_model_and_an_upload_is_described_without_torch(tmp_path):
+    import subprocess
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from cbir.bundle import build_bundle, verify_bundle
+    from dashboard_fixture import make_dataset
+
+    dataset = make_dataset(tmp_path / "data")
+    methods = [Method(pooling="rmac", size=64), Method(pooling="gem", size=64)]
+    cache = tmp_path / "cache"
+    run(dataset, methods, cache, runtime="openvino")
+    run(dataset, [replace(m, whitening="pca-partial") for m in methods], cache, runtime="openvino")
+    out = tmp_path / "bundle"
+    build_bundle(cache, dataset, methods + [replace(m, whitening="pca-partial") for m in methods], out,
+                 layouts=False, grid_protocols=())
+    assert any(name.startswith(".models/") and name.endswith(".bin") for name in verify_bundle(out)["files"])
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", TORCHLESS_UPLOAD, str(out), dataset.root], cwd=root,
+                          capture_output=True, text=True, timeout=120,
+                          env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    errors = [float(line.split()[-1]) for line in done.stdout.splitlines()]
+    assert len(errors) == 4 and max(errors) < 2e-3  # the bundle stores float16
