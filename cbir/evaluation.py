@@ -86,7 +86,11 @@ def blocked_report(method: Method, db: np.ndarray, queries: np.ndarray, dataset:
     parts = []
     for start in range(0, len(queries), block):
         stop = min(start + block, len(queries))
-        ranks = rerank(method, db, np.asarray(queries[start:stop], np.float32), ranker=ranker)
+        block_queries = np.asarray(queries[start:stop], np.float32)
+        if method.rerank == "diffusion":  # plain CG: the Krylov basis kept for alpha changes costs GBs here
+            ranks = ranker.rank(block_queries, alpha=method.alpha, kq=method.kq, solver="cg")
+        else:
+            ranks = rerank(method, db, block_queries, ranker=ranker)
         parts.append(query_metrics(ranks, gnd[start:stop], dataset))
         if progress is not None:
             progress(stop, len(queries), method.label())
@@ -125,26 +129,25 @@ def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Met
 
 
 def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progress=None) -> dict:
-    """Evaluate and store every re-ranking the dashboard's Overview shows for this entry (one
-    diffusion graph for all protocols), so the dashboard opens on stored results; returns
-    {(method, protocol): report}. Already stored ones are read, not recomputed."""
-    db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)
+    """Evaluate and store every re-ranking the dashboard's Overview shows for this entry, so the
+    dashboard opens on stored results; returns {(method, protocol): report}. Already stored
+    ones are read, not recomputed. One graph per method serves every protocol and is dropped
+    before the next method, so memory holds one method's working set at a time."""
     from .spectral import stored_ranker
 
-    shown = overview_methods(entry.method.descriptor_key(), len(dataset.images))
-    graphs = {}
+    db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)
     reports = {}
-    for protocol in protocols or dataset.protocols:
-        for method in shown:
-            def evaluate(method=method, protocol=protocol):
-                graph = None
-                if method.rerank in GRAPH_RERANKINGS:
-                    if method not in graphs:
-                        graphs[method] = stored_ranker(entry, method)
-                    graph = graphs[method]
-                return blocked_report(method, db, queries, dataset, protocol, ranker=graph, progress=progress)
+    for method in overview_methods(entry.method.descriptor_key(), len(dataset.images)):
+        graph = []
+
+        def evaluate(protocol: str, method=method, graph=graph):
+            if method.rerank in GRAPH_RERANKINGS and not graph:
+                graph.append(stored_ranker(entry, method))
+            return blocked_report(method, db, queries, dataset, protocol, ranker=graph[0] if graph else None,
+                                  progress=progress)
+        for protocol in protocols or dataset.protocols:
             reports[method, protocol] = stored_report(dataset, entry.path, entry.manifest, method, protocol,
-                                                      evaluate)
+                                                      lambda protocol=protocol: evaluate(protocol))
     return reports
 
 
