@@ -33,6 +33,7 @@ from . import __version__
 from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, load_entry, names_hash,
                     save_entry, sha256_file)
 from .data import Dataset, open_image
+from .files import LOCK_NAME
 from .evaluation import overview_methods, stored_diffusion_grid, stored_report
 from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
@@ -102,7 +103,7 @@ def _write_thumbnails(dataset: Dataset, out_dir: Path, size: int, progress) -> N
 
 def _file_table(root: Path) -> dict:
     table = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "bundle.json"):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("bundle.json", LOCK_NAME)):
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise BundleError(f"{path}: {size / 2**20:.0f} MiB, over GitHub's 100 MB file limit; "

@@ -101,19 +101,36 @@ class Dataset:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# A smaller image gives the backbones (stride 32) a 1x1 map of padding: R-MAC all zero, GeM not unit.
+MIN_IMAGE_SIDE = 32
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(img: Image.Image, path) -> Image.Image:
+    """8-bit RGB pixels. PIL's `convert("RGB")` clips 16-bit greyscale to white, so those
+    (and 32-bit integer images holding 16-bit values) are scaled by 255/65535 first;
+    floating-point and out-of-range pixels have no defined scale and are refused."""
+    if img.mode in WIDE_GREY_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise ValueError(f"{path}: {img.mode} pixel values outside 0-65535; convert it to 8 or 16 bits")
+        return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise ValueError(f"{path}: floating-point pixels have no defined 8-bit scale; convert it to 8 or 16 bits")
+    return img.convert("RGB")
 
 
 def open_image(path) -> Image.Image:
     """The image as RGB pixels as stored (no EXIF rotation: ground-truth boxes refer to these)."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img, path)
     except IMAGE_ERRORS as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
 
 
 def check_image(path) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) and None if the image decodes, else (None, error).
+    """(width, height) and None if the image decodes and is large enough, else (None, error).
 
     A draft-mode decode (JPEG DCT scaling to 1/8) still walks the whole entropy-coded
     stream, so truncated files are caught; it saves the full-size IDCT and colour
@@ -124,9 +141,14 @@ def check_image(path) -> tuple[tuple[int, int] | None, str | None]:
             size = img.size
             img.draft("RGB", (64, 64))
             img.load()
-        return size, None
+            if img.mode == "F":
+                to_rgb(img, path)
     except IMAGE_ERRORS as exc:
         return None, f"{type(exc).__name__}: {exc}"
+    if min(size) < MIN_IMAGE_SIDE:
+        return None, (f"too small: {size[0]}x{size[1]} px, descriptors need at least "
+                      f"{MIN_IMAGE_SIDE} px a side")
+    return size, None
 
 
 def check_images(paths: list[Path], workers: int | None = None) -> list[tuple[tuple[int, int] | None, str | None]]:

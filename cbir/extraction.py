@@ -28,7 +28,7 @@ import numpy as np
 from . import __version__
 from .cache import (CacheError, Entry, PartialRun, dataset_key, entry_dir, list_datasets,
                     load_entry, load_entry_array, partial_dir, save_dataset, save_entry)
-from .data import Dataset
+from .data import Dataset, to_rgb
 from .method import Method
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def load_image(path, size: int, bbox=None):
             out = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
             img.draft("RGB", (2 * math.ceil(width * scale), 2 * math.ceil(height * scale)))
             fx, fy = img.size[0] / width, img.size[1] / height
-            img = img.convert("RGB")
+            img = to_rgb(img, path)
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
     if (fx, fy) == (1.0, 1.0) and out == (box[2] - box[0], box[3] - box[1]):
