@@ -32,8 +32,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
-from .files import (LOCK_NAME, default_mode, locked, make_temp_dir, read_exact, reclaim_stale, regular_file,
-                    temp_prefix)
+from .files import (LOCK_NAME, default_mode, hold_lock, is_locked, locked, make_temp_dir, read_exact,
+                    reclaim_stale, regular_file, temp_prefix)
 from .method import Method
 
 FORMAT = 1
@@ -342,6 +342,24 @@ def partial_dir(cache_root: Path, dataset: Dataset, run_id: str) -> Path:
     return dataset_dir(cache_root, dataset) / ".partial" / run_id
 
 
+PARTIAL_TTL_SECONDS = 24 * 3600
+
+
+def reclaim_partials(partials: Path, keep: Path | None = None, max_age: float = PARTIAL_TTL_SECONDS) -> list[Path]:
+    """Remove the partial runs no live process holds and none touched for `max_age` seconds
+    (a killed run is resumed by rerunning its command soon; one abandoned a day is not)."""
+    removed = []
+    for run in (p for p in Path(partials).iterdir() if p.is_dir() and p != keep):
+        try:
+            age = time.time() - max(f.stat().st_mtime for f in [run, *run.iterdir()])
+        except OSError:
+            continue
+        if age > max_age and not is_locked(run):
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
+    return removed
+
+
 class PartialRun:
     """The completed chunks of an extraction run, so that a killed run resumes where it stopped.
 
@@ -355,13 +373,27 @@ class PartialRun:
     def __init__(self, directory: Path, fingerprint: dict):
         self.directory = Path(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self._lock = hold_lock(self.directory, wait=False)
+        except (BlockingIOError, PermissionError):
+            raise RuntimeError(f"{self.directory}: another process is computing these descriptors; "
+                               "wait for it to finish, or stop it") from None
+        reclaim_partials(self.directory.parent, keep=self.directory)
         state = self._read_state()
         if state is None or state.get("fingerprint") != self.fingerprint:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            for child in self.directory.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             state = {"fingerprint": self.fingerprint, "seconds": 0.0}
-            self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.directory / "progress.json", json.dumps(state))
         self.seconds = float(state["seconds"])
+
+    def close(self) -> None:
+        """Release the run (its chunks stay for a later resume)."""
+        if self._lock is not None:
+            os.close(self._lock)
+            self._lock = None
 
     def _read_state(self) -> dict | None:
         try:
@@ -394,6 +426,7 @@ class PartialRun:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        self.close()
         try:
             self.directory.parent.rmdir()
         except OSError:

@@ -7,6 +7,7 @@ one-line message naming the file and the problem.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -305,10 +306,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One line naming the file and what to do, for any error a user can meet."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+        if exc.errno == errno.ENOSPC:
+            text += ("; free disk space and run the same command again (completed chunks are kept "
+                     "and resumed; stale temporaries of dead runs are reclaimed)")
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2

@@ -2,7 +2,7 @@
 one writer at a time per entry, and stale temporaries of dead writers reclaimed.
 
 A temporary file or folder is named `.<name>.<pid>-<random>.tmp` and a folder also holds
-its writer's lock (`fcntl.flock`) while it is written, so a reclaimer can tell a live
+its writer's lock (`fcntl.lockf`) while it is written, so a reclaimer can tell a live
 writer (lock held, or pid alive) from a killed one and never removes the former.
 """
 from __future__ import annotations
@@ -67,23 +67,30 @@ def locked(directory: Path):
         os.close(fd)
 
 
-def hold_lock(directory: Path) -> int:
-    """Lock `directory` as being written by this process; returns the descriptor to close."""
+def hold_lock(directory: Path, wait: bool = True) -> int:
+    """Lock `directory` as being written by this process; returns the descriptor to close.
+    Without `wait`, BlockingIOError when another process holds it. A POSIX record lock,
+    so worker processes forked meanwhile (DataLoader) do not keep it after this one dies."""
     fd = os.open(Path(directory) / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
-    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except BaseException:
+        os.close(fd)
+        raise
     return fd
 
 
 def is_locked(directory: Path) -> bool:
-    """Whether a live process holds `directory`'s writer lock."""
+    """Whether another live process holds `directory`'s writer lock (never ask about this
+    process's own: closing the probe would release a POSIX lock)."""
     try:
         fd = os.open(Path(directory) / LOCK_NAME, os.O_RDWR)
     except OSError:
         return False
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         return False
-    except BlockingIOError:
+    except OSError:
         return True
     finally:
         os.close(fd)

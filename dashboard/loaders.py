@@ -57,6 +57,15 @@ def _verified_bundle(root: str, stamp: int) -> dict:
 
 def datasets() -> dict[str, Dataset]:
     """Datasets described in the cache, by dataset key (a bundle only once verified)."""
+    return _described()[0]
+
+
+def broken_datasets() -> list[str]:
+    """One message per unreadable `dataset.json` in the cache, naming the file."""
+    return _described()[1]
+
+
+def _described() -> tuple[dict[str, Dataset], list[str]]:
     bundle_manifest()
     root = cache_root()
     stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
@@ -64,8 +73,9 @@ def datasets() -> dict[str, Dataset]:
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _datasets(root: str, stamp: tuple) -> dict[str, Dataset]:
-    return list_datasets(Path(root))
+def _datasets(root: str, stamp: tuple) -> tuple[dict[str, Dataset], list[str]]:
+    broken: list[str] = []
+    return list_datasets(Path(root), broken), broken
 
 
 def descriptor_methods(key: str) -> list[Method]:

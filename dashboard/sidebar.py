@@ -83,6 +83,13 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         if needs_data:
             st.stop()
         return None
+    for problem in loaders.broken_datasets():
+        st.error(f"Skipping a broken dataset description: {problem}. Delete that file and extract "
+                 "again (it is rewritten), or restore it.")
+    if not found and loaders.broken_datasets():
+        if needs_data:
+            st.stop()
+        return None
     if not found:
         if needs_data:
             explain_no_data()

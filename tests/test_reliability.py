@@ -96,3 +96,260 @@ def test_a_nan_row_with_a_recomputed_checksum_is_refused_naming_the_file(cache):
     rewrite_manifest(path, lambda m: {**m, "files": {**m["files"], "db.npy": digest}})
     with pytest.raises(CacheError, match=r"db.npy: row 5 is not finite"):
         load_entry(cache_dir, dataset, RMAC)
+
+
+# --- tracebacks become one-line messages ------------------------------------------------------
+
+def cli(argv, capsys) -> tuple[int, str]:
+    from cbir.cli import main
+
+    code = main(argv)
+    return code, capsys.readouterr().err
+
+
+def one_line_error(err: str) -> str:
+    """The single `error:` line (progress bars may precede it), and no traceback."""
+    lines = [line for line in err.strip().splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1 and err.strip().endswith(lines[0]) and "Traceback" not in err, err
+    return lines[0]
+
+
+BROKEN_MANIFESTS = {
+    "null": lambda m: None,
+    "list": lambda m: [m],
+    "files null": lambda m: {**m, "files": None},
+    "no files": lambda m: {k: v for k, v in m.items() if k != "files"},
+    "files of numbers": lambda m: {**m, "files": {"db.npy": 1, "queries.npy": 2}},
+    "sizes null": lambda m: {**m, "sizes": None},
+}
+
+
+@pytest.mark.parametrize("damage", list(BROKEN_MANIFESTS))
+def test_a_broken_manifest_is_a_cache_error_naming_it(cache, damage):
+    cache_dir, dataset = cache
+    path = entry_dir(cache_dir, dataset_key(dataset), RMAC)
+    rewrite_manifest(path, BROKEN_MANIFESTS[damage])
+    with pytest.raises(CacheError, match="manifest.json: "):
+        load_entry(cache_dir, dataset, RMAC)
+    assert RMAC not in list_entries(cache_dir, dataset_key(dataset))
+
+
+@pytest.mark.parametrize("damage", ["directory", "fifo", "symlink outside", "longer"])
+def test_an_array_that_is_not_the_stated_regular_file_is_refused(cache, tmp_path, damage):
+    import os
+
+    cache_dir, dataset = cache
+    path = entry_dir(cache_dir, dataset_key(dataset), RMAC) / "db.npy"
+    original = path.read_bytes()
+    path.unlink()
+    if damage == "directory":
+        path.mkdir()
+    elif damage == "fifo":
+        os.mkfifo(path)
+    elif damage == "symlink outside":
+        (tmp_path / "elsewhere.npy").write_bytes(original)
+        path.symlink_to(tmp_path / "elsewhere.npy")
+    else:
+        path.write_bytes(original + b"\0" * 64)
+    expected = {"directory": "not a regular file", "fifo": "not a regular file",
+                "symlink outside": "outside", "longer": "bytes, the manifest says"}[damage]
+    with pytest.raises(CacheError, match=expected):
+        load_entry(cache_dir, dataset, RMAC)
+
+
+def test_cli_errors_on_a_damaged_cache_are_one_line_exit_2(cache, tmp_path, capsys):
+    cache_dir, dataset = cache
+    key = dataset_key(dataset)
+    (entry_dir(cache_dir, key, RMAC) / "db.npy").unlink()
+    (entry_dir(cache_dir, key, RMAC) / "db.npy").mkdir()
+    code, err = cli(["bundle", "--dataset", "tiny", "--cache", str(cache_dir), "--out", str(tmp_path / "b"),
+                     "--no-layouts"], capsys)
+    assert code == 2 and "db.npy: not a regular file" in one_line_error(err)
+    rewrite_manifest(entry_dir(cache_dir, key, GEM.__class__(pooling="mac")), lambda m: None)
+    code, err = cli(["report", "--dataset", "tiny", "--cache", str(cache_dir),
+                     "--methods", Method(pooling="mac").slug()], capsys)
+    assert code == 2 and "not in the cache" in one_line_error(err)
+
+
+def test_a_full_disk_is_one_line_exit_2(cache, tmp_path, capsys, monkeypatch):
+    import errno
+
+    import cbir.bundle
+
+    cache_dir, _ = cache
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "b" / "db.npy"))
+    monkeypatch.setattr(cbir.bundle, "save_entry", full)
+    code, err = cli(["bundle", "--dataset", "tiny", "--cache", str(cache_dir), "--out", str(tmp_path / "b"),
+                     "--no-layouts"], capsys)
+    line = one_line_error(err)
+    assert code == 2 and "db.npy: No space left on device; free disk space" in line
+    assert not (tmp_path / "b").exists() and not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def test_a_full_disk_when_storing_frees_the_resumable_chunks_and_retries(tmp_path, monkeypatch):
+    """The chunks are all in memory then: keeping them would fill the disk on every rerun."""
+    import errno
+
+    pytest.importorskip("torch")
+    pytest.importorskip("timm")
+    import cbir.extraction
+    from cbir.extraction import extract
+
+    dataset = load_dataset("paris6k", make_paris_like(tmp_path / "paris", per_landmark=4))
+    cache_dir, calls = tmp_path / "cache", []
+    store = cbir.extraction.save_entry
+
+    def full_once(*args, **kwargs):
+        calls.append(sorted(p.name for p in (cache_dir / dataset_key(dataset) / ".partial").glob("*/chunk-*")))
+        if len(calls) == 1:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return store(*args, **kwargs)
+    monkeypatch.setattr(cbir.extraction, "save_entry", full_once)
+    method = Method(pooling="gem", size=64, weights="random")
+    entry = extract(dataset, [method], cache_dir, workers=0, threads=1, chunk_size=4)[method]
+    assert calls[0] and calls[1] == []  # chunks present at the failure, freed before the retry
+    assert entry.db.shape == (len(dataset.images), 1280)
+
+
+def write_many(args) -> int:
+    """One writer process: `rounds` saves of the same entry, each with its own descriptors."""
+    cache_dir, dataset_json, seed, rounds = args
+    from cbir.data import Dataset
+
+    dataset = Dataset.load(dataset_json)
+    rng = np.random.default_rng(seed)
+    for _ in range(rounds):
+        db = rng.normal(size=(len(dataset.images), 32)).astype(np.float32)
+        queries = rng.normal(size=(len(dataset.queries), 32)).astype(np.float32)
+        save_entry(cache_dir, dataset, RMAC, db / np.linalg.norm(db, axis=1, keepdims=True),
+                   queries / np.linalg.norm(queries, axis=1, keepdims=True), extra={"writer": seed})
+    return seed
+
+
+def test_concurrent_saves_of_one_entry_all_succeed_and_leave_one_whole_entry(cache, tmp_path):
+    import multiprocessing
+
+    cache_dir, dataset = cache
+    dataset.save(tmp_path / "dataset.json")
+    writers, rounds = 4, 15
+    with multiprocessing.get_context("fork").Pool(writers) as pool:
+        done = pool.map(write_many, [(cache_dir, tmp_path / "dataset.json", s, rounds) for s in range(writers)])
+    assert done == list(range(writers))
+    entry = load_entry(cache_dir, dataset, RMAC)
+    assert entry.manifest["writer"] in done
+    assert not [p.name for p in entry.path.parent.iterdir() if p.name.startswith(".")]
+
+
+def test_a_garbage_dataset_description_is_named_on_the_dashboard(cache, tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    cache_dir, dataset = cache
+    broken = cache_dir / "paris6k-00000000" / "dataset.json"
+    broken.parent.mkdir()
+    broken.write_text("\x00garbage")
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(cache_dir))
+    monkeypatch.setenv("CBIR_DATA_DIR", str(tmp_path / "data"))
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60).run()
+    assert not at.exception
+    assert any(str(broken) in e.value for e in at.error)
+    assert not any("No descriptors yet" in i.value for i in at.info)
+    assert at.dataframe  # the valid dataset is still shown
+    (cache_dir / dataset_key(dataset) / "dataset.json").write_text("[]")
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60).run()
+    assert not at.exception and len(at.error) == 2
+    assert not any("No descriptors yet" in i.value for i in at.info)
+
+
+# --- stale temporaries and partial runs ---------------------------------------------------------
+
+def dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def lock_holder(directory):
+    """A live process holding `directory`'s writer lock until its stdin closes."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", (
+        "import sys; from cbir.files import hold_lock; hold_lock(sys.argv[1]); print('held', flush=True); "
+        "sys.stdin.read()"), str(directory)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_temporaries_of_dead_writers_are_reclaimed_never_those_of_live_ones(cache):
+    from cbir.files import LOCK_NAME
+
+    cache_dir, dataset = cache
+    parent = cache_dir / dataset_key(dataset)
+    slug = RMAC.slug()
+    dead, live_pid = parent / f".{slug}.{dead_pid()}-abc.tmp", parent / f".{slug}.1-live.tmp"
+    dead_file = parent / f".dataset.json.{dead_pid()}-xyz.tmp"
+    locked_dir = parent / f".{slug}.{dead_pid()}-held.tmp"
+    for d in (dead, live_pid, locked_dir):
+        d.mkdir()
+        (d / "db.npy").write_bytes(b"partial")
+    dead_file.write_text("{")
+    (locked_dir / LOCK_NAME).touch()
+    holder = lock_holder(locked_dir)  # e.g. a writer on another host sharing the folder
+    try:
+        entry = load_entry(cache_dir, dataset, RMAC)
+        save_entry(cache_dir, dataset, RMAC, entry.db, entry.queries)
+        assert not dead.exists() and not dead_file.exists()
+        assert live_pid.exists() and locked_dir.exists()  # pid 1 is alive; the lock is held
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    save_entry(cache_dir, dataset, RMAC, entry.db, entry.queries)
+    assert not locked_dir.exists() and live_pid.exists()
+
+
+def test_partial_runs_abandoned_a_day_are_reclaimed_unless_live(tmp_path):
+    import os
+    import time
+
+    from cbir.cache import PARTIAL_TTL_SECONDS, PartialRun, partial_dir
+
+    _, _, dataset = build(tmp_path)
+    old, held, recent = (partial_dir(tmp_path, dataset, name) for name in ("old", "held", "recent"))
+    for run in (old, held, recent):
+        PartialRun(run, {"run": run.name}).close()
+        (run / "chunk-000000.npz").write_bytes(b"chunk")
+    stale = time.time() - PARTIAL_TTL_SECONDS - 60
+    for run in (old, held):
+        for path in [run, *run.iterdir()]:
+            os.utime(path, (stale, stale))
+    holder = lock_holder(held)
+    try:
+        PartialRun(partial_dir(tmp_path, dataset, "new"), {"run": "new"}).close()
+        assert not old.exists() and held.exists() and recent.exists()
+    finally:
+        holder.stdin.close()
+        holder.wait()
+
+
+def test_a_run_another_process_computes_is_refused_not_shared(tmp_path):
+    from cbir.cache import PartialRun, partial_dir
+
+    _, _, dataset = build(tmp_path)
+    run = partial_dir(tmp_path, dataset, "busy")
+    PartialRun(run, {"run": 1}).close()
+    holder = lock_holder(run)
+    try:
+        with pytest.raises(RuntimeError, match="another process is computing these descriptors"):
+            PartialRun(run, {"run": 1})
+    finally:
+        holder.stdin.close()
+        holder.wait()
