@@ -38,19 +38,20 @@ def _stamp(path: Path) -> int:
 def bundle_manifest() -> dict | None:
     """The verified manifest when the cache is a bundle (None for a plain cache).
 
-    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle; the check
-    (every file's checksum) runs once per change of bundle.json, not per rerun.
+    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle. Every rerun
+    compares the size and mtime of every file (and the file list) with those verified;
+    any change verifies every checksum again, so what is served is what was verified.
     """
-    from cbir.bundle import is_bundle
+    from cbir.bundle import is_bundle, tree_stamp
 
     root = cache_root()
     if not is_bundle(root):
         return None
-    return _verified_bundle(str(root), _stamp(root / "bundle.json"))
+    return _verified_bundle(str(root), tree_stamp(root))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Verifying the bundle...")
-def _verified_bundle(root: str, stamp: int) -> dict:
+def _verified_bundle(root: str, stamp: tuple) -> dict:
     from cbir.bundle import verify_bundle
     return verify_bundle(Path(root))
 
@@ -116,9 +117,7 @@ def entry(key: str, method: Method) -> Entry:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
 def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
-    method = _descriptor(key, slug)
-    manifest(key, method)  # checksums checked once (cached), or by the bundle's verification
-    found = load_entry(Path(root), datasets()[key], method, verify=False)
+    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug))  # parsed from the hashed bytes
     return Entry(found.db.astype(np.float32, copy=False), found.queries.astype(np.float32, copy=False),
                  found.manifest, found.path)
 
@@ -168,7 +167,7 @@ def stored_report(key: str, method: Method, protocol: str) -> dict:
 def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str) -> dict:
     from cbir.evaluation import stored_report as from_disk
     return from_disk(datasets()[key], Path(root) / key / slug, manifest(key, method), method, protocol,
-                     lambda: ranks(key, method))
+                     lambda: ranks(key, method), store=writable())
 
 
 def manifest(key: str, method: Method) -> dict:
@@ -190,7 +189,8 @@ def diffusion_grid(key: str, method: Method, protocol: str, kq: int, gamma: floa
 @st.cache_data(max_entries=16, show_spinner="Computing the (alpha, k) grid of mAP (once; stored in the cache)...")
 def _diffusion_grid(root: str, key: str, slug: str, stamp: int, protocol: str, kq: int, gamma: float) -> dict:
     from cbir.evaluation import stored_diffusion_grid
-    return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma)
+    return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma,
+                                 store=writable())
 
 
 def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, compute: bool = False,
@@ -204,7 +204,23 @@ def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, comput
 
     found = entry(key, method)
     name = graph_key(k, gamma, alpha)
+    in_memory = _computed_layouts()
+    remembered = (*_where(key, method), name)
     if not (compute or recompute):
-        return read_layouts(found.db, found.path, name)
-    return computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,
-                    progress=progress, alpha=alpha)
+        return read_layouts(found.db, found.path, name) or in_memory.get(remembered)
+    result = computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,
+                      progress=progress, alpha=alpha, store=writable())
+    if not writable():
+        in_memory[remembered] = result
+    return result
+
+
+@st.cache_resource(show_spinner=False)
+def _computed_layouts() -> dict:
+    """Layouts computed while serving a read-only bundle (they are never written into it)."""
+    return {}
+
+
+def writable() -> bool:
+    """Whether results computed now may be stored in the cache: never into a served bundle."""
+    return bundle_manifest() is None

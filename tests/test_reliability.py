@@ -353,3 +353,109 @@ def test_a_run_another_process_computes_is_refused_not_shared(tmp_path):
     finally:
         holder.stdin.close()
         holder.wait()
+
+
+# --- bundles: described completely, verified, served read-only -------------------------------
+
+@pytest.fixture
+def bundle(cache, tmp_path):
+    from cbir.bundle import build_bundle
+
+    cache_dir, dataset = cache
+    out = tmp_path / "bundle"
+    build_bundle(cache_dir, dataset, [Method(pooling="mac"), RMAC], out, layouts=False, grid_protocols=())
+    return out
+
+
+def edit_bundle(out, change, reseal: bool = False) -> None:
+    """Edit bundle.json; with `reseal` recompute its manifest_sha256 (a careful tamperer)."""
+    from cbir.bundle import manifest_digest
+
+    path = out / "bundle.json"
+    manifest = change(json.loads(path.read_text()))
+    if reseal and isinstance(manifest, dict):
+        manifest["manifest_sha256"] = manifest_digest(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def db_name(out) -> str:
+    return next(out.glob(f"*/{RMAC.slug()}/db.npy")).relative_to(out).as_posix()
+
+
+def without(name):
+    return lambda m: {**m, "files": {k: v for k, v in m["files"].items() if k != name}}
+
+
+def flip_last_byte(path) -> None:
+    data = bytearray(path.read_bytes())
+    data[-1] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def symlinked(path, target) -> None:
+    """Move the file to `target` and leave a symbolic link to it in its place."""
+    target.write_bytes(path.read_bytes())
+    path.unlink()
+    path.symlink_to(target)
+
+
+BUNDLE_TAMPERINGS = {
+    "unlisted and edited array": (lambda out: (edit_bundle(out, without(db_name(out)), reseal=True),
+                                               flip_last_byte(out / db_name(out))), "not listed in bundle.json"),
+    "table entry removed, not resealed": (lambda out: edit_bundle(out, without(db_name(out))), "edited"),
+    "empty table": (lambda out: edit_bundle(out, lambda m: {**m, "files": {}}, reseal=True), "no file table"),
+    "files null": (lambda out: edit_bundle(out, lambda m: {**m, "files": None}, reseal=True), "no file table"),
+    "entry without bytes": (lambda out: edit_bundle(out, lambda m: {**m, "files": {
+        k: {"sha256": v["sha256"]} for k, v in m["files"].items()}}, reseal=True), "needs a sha256 string and a bytes"),
+    "reduce field edited": (lambda out: edit_bundle(out, lambda m: {**m, "reduce": "pca:8"}), "edited"),
+    "manifest null": (lambda out: (out / "bundle.json").write_text("null"), "bundle format None"),
+    "extra method folder": (lambda out: shutil.copytree(out / db_name(out).rsplit("/", 2)[0] / Method(pooling="mac").slug(),
+                                                        out / db_name(out).rsplit("/", 2)[0] / GEM.slug()),
+                            "not listed in bundle.json"),
+    "array replaced by a symlink": (lambda out: symlinked(out / db_name(out), out.parent / "elsewhere.npy"),
+                                    "outside"),
+    "array longer": (lambda out: (out / db_name(out)).write_bytes((out / db_name(out)).read_bytes() + b"\0"),
+                     "bytes, the manifest says"),
+}
+
+
+@pytest.mark.parametrize("damage", list(BUNDLE_TAMPERINGS))
+def test_a_tampered_bundle_is_refused_naming_the_problem(bundle, damage):
+    from cbir.bundle import BundleError, verify_bundle
+
+    tamper, expected = BUNDLE_TAMPERINGS[damage]
+    verify_bundle(bundle)
+    tamper(bundle)
+    with pytest.raises(BundleError, match=expected):
+        verify_bundle(bundle)
+
+
+def serve(out, monkeypatch, tmp_path, page=None):
+    from pathlib import Path
+
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(out))
+    monkeypatch.setenv("CBIR_DATA_DIR", str(tmp_path / "no-data"))
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(repo)
+    at = AppTest.from_file(str(repo / "app.py"), default_timeout=60)
+    if page:
+        at.switch_page(page)
+    return at.run()
+
+
+def test_a_served_bundle_is_read_only_and_rechecked_before_use(bundle, monkeypatch, tmp_path):
+    from cbir.bundle import present_files, verify_bundle
+
+    before = {name: (bundle / name).read_bytes() for name in present_files(bundle)}
+    for page in (None, "pages/3_Diffusion_lab.py", "pages/4_Curves.py"):
+        at = serve(bundle, monkeypatch, tmp_path, page)
+        assert not at.exception and not at.error, [e.value for e in at.error]
+    assert {name: (bundle / name).read_bytes() for name in present_files(bundle)} == before
+    verify_bundle(bundle)  # the next start still accepts it
+
+    flip_last_byte(bundle / db_name(bundle))  # changed after the first check, while served
+    at = serve(bundle, monkeypatch, tmp_path, "pages/4_Curves.py")
+    assert not at.exception
+    assert any("Refusing to serve this bundle" in e.value and "db.npy" in e.value for e in at.error)
