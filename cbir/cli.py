@@ -112,6 +112,16 @@ def extraction_options(args) -> dict:
             "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file}
 
 
+def warn_skipped(dataset) -> None:
+    """Name on stderr every image and query the dataset leaves out, and why."""
+    for bad in dataset.unreadable:
+        print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    dropped = dataset.dropped_queries
+    if dropped:
+        print(f"warning: {len(dropped)} of {dataset.n_queries_total} queries skipped: "
+              + "; ".join(f"{d['name']} ({d['source']}: {d['reason']})" for d in dropped), file=sys.stderr)
+
+
 # --- extract -------------------------------------------------------------------
 
 def cmd_extract(args) -> int:
@@ -121,8 +131,7 @@ def cmd_extract(args) -> int:
     cache = args.cache or default_cache_dir()
     dataset = load_dataset(args.dataset, args.root)
     print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
-    for bad in dataset.unreadable:
-        print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    warn_skipped(dataset)
     options = extraction_options(args)
     try:
         entries = extract(dataset, methods_from_args(args, args.pooling), cache, options.pop("progress"),
@@ -161,6 +170,7 @@ def cmd_evaluate(args) -> int:
 
     cache = args.cache or default_cache_dir()
     dataset = load_dataset_fast(args.dataset, args.root, cache)
+    warn_skipped(dataset)
     protocol = args.protocol or default_protocol(dataset)
     if protocol not in dataset.gnd:
         raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
@@ -174,7 +184,8 @@ def cmd_evaluate(args) -> int:
     report = evaluation_report(ranks, dataset, protocol)
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"),
-                "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
+                "status": dataset.status_line(), "cache_entry": str(entry.path),
+                "skipped": dataset.unreadable, "skipped_queries": dataset.dropped_queries, **report})
     return 0
 
 

@@ -459,3 +459,93 @@ def test_a_served_bundle_is_read_only_and_rechecked_before_use(bundle, monkeypat
     at = serve(bundle, monkeypatch, tmp_path, "pages/4_Curves.py")
     assert not at.exception
     assert any("Refusing to serve this bundle" in e.value and "db.npy" in e.value for e in at.error)
+
+
+# --- inputs ------------------------------------------------------------------------------------
+
+def test_dataset_paths_resolving_outside_their_root_are_refused(tmp_path):
+    from synthetic import make_class_folder, make_csv_manifest
+
+    outside = tmp_path / "secret.jpg"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(outside)
+    folder = make_class_folder(tmp_path / "folder")
+    (folder / "cats" / "escape.jpg").symlink_to(outside)
+    with pytest.raises(ValueError, match="escape.jpg: resolves to .*secret.jpg, outside"):
+        load_dataset("folder", folder)
+    manifest = make_csv_manifest(tmp_path / "csv")
+    (manifest.parent / "link").symlink_to(tmp_path, target_is_directory=True)
+    with open(manifest, "a") as f:
+        f.write("link/secret.jpg,cats,0\n")
+    with pytest.raises(ValueError, match="link/secret.jpg: resolves to .*secret.jpg, outside"):
+        load_dataset("csv", manifest)
+
+
+def test_a_query_naming_an_absent_image_is_reported_by_file_and_line(tmp_path, capsys):
+    root = make_paris_like(tmp_path / "paris")
+    (root / "paris" / "eiffel" / "paris_eiffel_000000.jpg").unlink()  # eiffel's query image
+    dataset = load_dataset("paris6k", root)
+    [dropped] = dataset.dropped_queries
+    assert dropped["name"] == "paris_eiffel_000000"
+    assert dropped["source"].endswith("eiffel_1_query.txt:1") and "not present" in dropped["reason"]
+    from cbir.cli import main
+
+    assert main(["info", "--dataset", "paris6k", "--root", str(root)]) == 0
+    assert json.loads(capsys.readouterr().out)["dropped_queries"] == [dropped]
+
+
+def test_a_ground_truth_file_that_is_not_text_is_named(tmp_path, capsys):
+    root = make_paris_like(tmp_path / "paris")
+    (root / "paris_120310" / "louvre_1_ok.txt").write_bytes(b"\xff\xfe\x00garbage")
+    code, err = cli(["info", "--dataset", "paris6k", "--root", str(root)], capsys)
+    assert code == 2 and "louvre_1_ok.txt: not a text file" in one_line_error(err)
+
+
+def test_evaluate_names_the_images_and_queries_it_skipped(tmp_path, capsys):
+    from synthetic import truncate_file
+
+    root = make_paris_like(tmp_path / "paris")
+    truncate_file(root / "paris" / "louvre" / "paris_louvre_000003.jpg", 0.3)
+    (root / "paris" / "eiffel" / "paris_eiffel_000000.jpg").unlink()
+    dataset = load_dataset("paris6k", root)
+    rng = np.random.default_rng(0)
+    db, q = rng.normal(size=(len(dataset.images), 16)), rng.normal(size=(len(dataset.queries), 16))
+    save_entry(tmp_path / "cache", dataset, RMAC, (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32),
+               (q / np.linalg.norm(q, axis=1, keepdims=True)).astype(np.float32))
+    from cbir.cli import main
+
+    assert main(["evaluate", "--dataset", "paris6k", "--root", str(root), "--cache", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    report = json.loads(captured.out)
+    assert [s["name"] for s in report["skipped"]] == ["paris_louvre_000003"]
+    assert [s["name"] for s in report["skipped_queries"]] == ["paris_eiffel_000000"]
+    assert "skipped unreadable image paris_louvre_000003" in captured.err
+    assert "paris_eiffel_000000 (" in captured.err and "eiffel_1_query.txt:1" in captured.err
+
+
+def test_upload_messages_name_the_file_not_the_buffer():
+    from dashboard.upload import read_upload
+
+    for data in (b"hello, not an image", b"\x89PNG\r\n\x1a\n" + b"\0" * 40):
+        with pytest.raises(ValueError) as info:
+            read_upload(data, "holiday.png")
+        assert str(info.value).startswith("holiday.png: ") and "BytesIO" not in str(info.value)
+
+
+def test_created_files_respect_the_umask(cache, tmp_path):
+    import os
+    import stat
+
+    from cbir.cache import atomic_write_text
+
+    cache_dir, dataset = cache
+    previous = os.umask(0o027)
+    try:
+        entry = load_entry(cache_dir, dataset, RMAC)
+        path = save_entry(tmp_path / "fresh", dataset, RMAC, entry.db, entry.queries)
+        atomic_write_text(tmp_path / "report.md", "# report\n")
+    finally:
+        os.umask(previous)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in [path, *path.iterdir(), tmp_path / "report.md",
+                                                             path.parent / "dataset.json"]}
+    assert modes[path.name] == 0o750
+    assert {m for name, m in modes.items() if name != path.name} == {0o640}
