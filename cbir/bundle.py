@@ -134,7 +134,8 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
         except CacheError as exc:
             raise CacheError(f"{exc}; extract it first with `python -m cbir extract`") from exc
     with atomic_directory(out) as tmp:
-        shared = replace(dataset, root="")
+        shared = replace(dataset, root="", dropped_queries=[  # no local paths in a shared bundle
+            {**d, "source": os.path.relpath(d["source"], dataset.root)} for d in dataset.dropped_queries])
         key_dir = dataset_dir(tmp, shared)
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
         for method, entry in entries.items():
@@ -184,27 +185,26 @@ def is_bundle(root: Path) -> bool:
     return (Path(root) / "bundle.json").is_file()
 
 
+def _walk(root: str, prefix: str = ""):
+    """(relative name, lstat result) of every non-directory under `root`, symlinked folders included."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(entry.path, name + "/")
+            else:
+                yield name, entry.stat(follow_symlinks=False)
+
+
 def present_files(root: Path) -> list[str]:
     """Every non-directory under `root` but bundle.json (symlinks included), relative, sorted."""
-    found = []
-    for folder, dirs, files in os.walk(root):
-        base = Path(folder)
-        found += [(base / name).relative_to(root).as_posix() for name in files]
-        found += [(base / name).relative_to(root).as_posix() for name in dirs if (base / name).is_symlink()]
-    return sorted(name for name in found if name != "bundle.json")
+    return sorted(name for name, _ in _walk(str(root)) if name != "bundle.json")
 
 
 def tree_stamp(root: Path) -> tuple:
-    """(name, size, mtime) of every file under `root`: a change means the bundle must be verified again."""
-    stamp = []
-    for name in present_files(root):
-        try:
-            info = (Path(root) / name).lstat()
-        except OSError:
-            continue
-        stamp.append((name, info.st_size, info.st_mtime_ns))
-    bundle = Path(root) / "bundle.json"
-    return tuple(stamp) + ((bundle.stat().st_mtime_ns if bundle.exists() else 0),)
+    """(name, size, mtime) of every file under `root` (bundle.json included): a change means the
+    bundle must be verified again. About a millisecond per 100 files."""
+    return tuple(sorted((name, info.st_size, info.st_mtime_ns) for name, info in _walk(str(root))))
 
 
 def _file_entry_problem(info) -> str | None:
