@@ -13,11 +13,15 @@ import re
 import shutil
 import stat
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 LOCK_NAME = ".writer.lock"
 TEMP = re.compile(r"^\..+\.(?P<pid>\d+)-[^.]+\.(tmp|old)$")
+# Temporaries named before the pid was recorded (`.<name>.<random>.tmp`): reclaimed once a day old.
+LEGACY_TEMP = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+LEGACY_TTL_SECONDS = 24 * 3600
 
 
 def inside(path: Path, root: Path) -> Path:
@@ -110,7 +114,8 @@ def reclaim_stale(directory: Path) -> list[Path]:
     """Remove the temporaries in `directory` whose writer is dead; returns what was removed.
 
     A temporary is kept while its writer's pid is alive or its lock is held (a live
-    process on another host sharing the folder holds the lock)."""
+    process on another host sharing the folder holds the lock); one named without a pid
+    (older versions) is kept until a day old."""
     removed = []
     try:
         children = list(os.scandir(directory))
@@ -118,7 +123,10 @@ def reclaim_stale(directory: Path) -> list[Path]:
         return removed
     for child in children:
         match = TEMP.match(child.name)
-        if not match or pid_alive(int(match["pid"])):
+        if match is None:
+            if not LEGACY_TEMP.match(child.name) or not _older_than(child, LEGACY_TTL_SECONDS):
+                continue
+        elif pid_alive(int(match["pid"])):
             continue
         path = Path(child.path)
         if child.is_dir(follow_symlinks=False):
@@ -129,6 +137,13 @@ def reclaim_stale(directory: Path) -> list[Path]:
             path.unlink(missing_ok=True)
         removed.append(path)
     return removed
+
+
+def _older_than(entry: os.DirEntry, seconds: float) -> bool:
+    try:
+        return time.time() - entry.stat(follow_symlinks=False).st_mtime > seconds
+    except OSError:
+        return False
 
 
 def make_temp_dir(parent: Path, name: str) -> tuple[Path, int]:

@@ -290,6 +290,9 @@ def lock_holder(directory):
 
 
 def test_temporaries_of_dead_writers_are_reclaimed_never_those_of_live_ones(cache):
+    import os
+    import time
+
     from cbir.files import LOCK_NAME
 
     cache_dir, dataset = cache
@@ -303,12 +306,18 @@ def test_temporaries_of_dead_writers_are_reclaimed_never_those_of_live_ones(cach
         (d / "db.npy").write_bytes(b"partial")
     dead_file.write_text("{")
     (locked_dir / LOCK_NAME).touch()
+    legacy_old, legacy_new = parent / f".{slug}.k3j2h1g0.tmp", parent / f".{slug}.a1b2c3d4.tmp"
+    for d in (legacy_old, legacy_new):
+        d.mkdir()
+    day_ago = time.time() - 25 * 3600
+    os.utime(legacy_old, (day_ago, day_ago))
     holder = lock_holder(locked_dir)  # e.g. a writer on another host sharing the folder
     try:
         entry = load_entry(cache_dir, dataset, RMAC)
         save_entry(cache_dir, dataset, RMAC, entry.db, entry.queries)
-        assert not dead.exists() and not dead_file.exists()
+        assert not dead.exists() and not dead_file.exists() and not legacy_old.exists()
         assert live_pid.exists() and locked_dir.exists()  # pid 1 is alive; the lock is held
+        assert legacy_new.exists()  # named without a pid by an older version: kept a day
     finally:
         holder.stdin.close()
         holder.wait()
