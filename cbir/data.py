@@ -109,6 +109,10 @@ MIN_IMAGE_SIDE = 32
 WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 
+class PixelError(ValueError):
+    """Pixels without a defined 8-bit meaning (floating point, out of range)."""
+
+
 def to_rgb(img: Image.Image, path) -> Image.Image:
     """8-bit RGB pixels. PIL's `convert("RGB")` clips 16-bit greyscale to white, so those
     (and 32-bit integer images holding 16-bit values) are scaled by 255/65535 first;
@@ -116,10 +120,10 @@ def to_rgb(img: Image.Image, path) -> Image.Image:
     if img.mode in WIDE_GREY_MODES:
         values = np.asarray(img, dtype=np.float64)
         if values.size and (values.min() < 0 or values.max() > 65535):
-            raise ValueError(f"{path}: {img.mode} pixel values outside 0-65535; convert it to 8 or 16 bits")
+            raise PixelError(f"{path}: {img.mode} pixel values outside 0-65535; convert it to 8 or 16 bits")
         return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), "L").convert("RGB")
     if img.mode == "F":
-        raise ValueError(f"{path}: floating-point pixels have no defined 8-bit scale; convert it to 8 or 16 bits")
+        raise PixelError(f"{path}: floating-point pixels have no defined 8-bit scale; convert it to 8 or 16 bits")
     return img.convert("RGB")
 
 
@@ -128,6 +132,8 @@ def open_image(path) -> Image.Image:
     try:
         with Image.open(path) as img:
             return to_rgb(img, path)
+    except PixelError:
+        raise
     except IMAGE_ERRORS as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
 
@@ -144,8 +150,10 @@ def check_image(path) -> tuple[tuple[int, int] | None, str | None]:
             size = img.size
             img.draft("RGB", (64, 64))
             img.load()
-            if img.mode == "F":
+            if img.mode == "F" or img.mode in WIDE_GREY_MODES:
                 to_rgb(img, path)
+    except PixelError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
     except IMAGE_ERRORS as exc:
         return None, f"{type(exc).__name__}: {exc}"
     if min(size) < MIN_IMAGE_SIDE:

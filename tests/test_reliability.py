@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cbir.cache import CacheError, dataset_key, entry_dir, list_entries, load_entry, save_entry
-from cbir.data import load_dataset, open_image
+from cbir.data import check_image, load_dataset, open_image
 from cbir.extraction import load_image
 from cbir.method import Method
 
@@ -54,6 +54,9 @@ def test_floating_point_pixels_are_refused_naming_the_file(tmp_path):
     Image.fromarray(np.full((40, 40), 0.5, np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ValueError, match="float.tif: floating-point pixels"):
         open_image(tmp_path / "float.tif")
+    Image.fromarray(np.full((40, 40), 100_000, np.int32)).save(tmp_path / "wide.tif")
+    assert check_image(tmp_path / "wide.tif") == (None, "I pixel values outside 0-65535; convert it to 8 or 16 bits")
+    assert check_image(tmp_path / "float.tif")[1].startswith("floating-point pixels")  # skipped at load time
 
 
 def test_tiny_image_is_skipped_with_its_reason(tmp_path):
