@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -375,10 +376,12 @@ class PartialRun:
         self.fingerprint = json.loads(json.dumps(fingerprint))
         self.directory.mkdir(parents=True, exist_ok=True)
         try:
-            self._lock = hold_lock(self.directory, wait=False)
+            lock = hold_lock(self.directory, wait=False)
         except (BlockingIOError, PermissionError):
             raise RuntimeError(f"{self.directory}: another process is computing these descriptors; "
                                "wait for it to finish, or stop it") from None
+        # Released by close()/remove(), or when the run is dropped (an interrupted pass).
+        self._release = weakref.finalize(self, os.close, lock)
         reclaim_partials(self.directory.parent, keep=self.directory)
         state = self._read_state()
         if state is None or state.get("fingerprint") != self.fingerprint:
@@ -391,9 +394,7 @@ class PartialRun:
 
     def close(self) -> None:
         """Release the run (its chunks stay for a later resume)."""
-        if self._lock is not None:
-            os.close(self._lock)
-            self._lock = None
+        self._release()
 
     def _read_state(self) -> dict | None:
         try:

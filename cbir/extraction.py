@@ -270,73 +270,70 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     run_id = "{}-{}-{}-{}".format(backbone.name, heads[0].method.size, heads[0].method.weights,
                                   hashlib.sha1(json.dumps(fingerprint).encode()).hexdigest()[:12])
     run = PartialRun(partial_dir(cache_root, dataset, run_id), fingerprint)
-    try:
-        def chunk_range(c: int) -> range:
-            return range(c * chunk_size, min(n, (c + 1) * chunk_size))
 
-        def valid(c: int, arrays: dict | None) -> bool:
-            expected = len(chunk_range(c))
-            return arrays is not None and all(
-                f"d{j}" in arrays and len(arrays[f"d{j}"]) == expected for j in range(len(heads))
-            ) and (not stores_regions or "regions" in arrays)
+    def chunk_range(c: int) -> range:
+        return range(c * chunk_size, min(n, (c + 1) * chunk_size))
 
-        chunks = {c: arrays for c in range(n_chunks) if valid(c, arrays := run.load_chunk(c))}
-        resumed = sum(len(chunk_range(c)) for c in chunks)
-        todo = [i for c in range(n_chunks) if c not in chunks for i in chunk_range(c)]
-        stage = f"{backbone.name} {heads[0].method.size}px: " + ", ".join(h.method.pooling for h in heads)
-        if progress:
-            progress(resumed, n, stage)
+    def valid(c: int, arrays: dict | None) -> bool:
+        expected = len(chunk_range(c))
+        return arrays is not None and all(
+            f"d{j}" in arrays and len(arrays[f"d{j}"]) == expected for j in range(len(heads))
+        ) and (not stores_regions or "regions" in arrays)
 
-        if todo:
-            loader = torch.utils.data.DataLoader(
-                PassItems(items, todo, heads[0].method.size),
-                batch_size=None, shuffle=False, num_workers=workers,
-                worker_init_fn=_init_worker if workers else None,
-                prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
-            cuda = device.type == "cuda"
-            done, current, started = resumed, {}, time.perf_counter()
-            with torch.inference_mode():
-                for index, tensor, error in loader:
-                    if error:
-                        raise RuntimeError(f"{error}; it is listed in the dataset, so the dataset changed "
-                                           "on disk: reload it (unreadable images are skipped at load time)")
-                    x = normalise(tensor.unsqueeze(0).to(device, non_blocking=True), backbone.mean, backbone.std)
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
-                        fmap = backbone.model(x)
-                    fmap = fmap.float()
-                    current[index] = ([_pool_head(fmap, h)[0].float().cpu().numpy() for h in heads],
-                                      _region_sample(fmap, index, quota) if stores_regions and index < n_db
-                                      else None)
-                    done += 1
-                    c = index // chunk_size
-                    if index == chunk_range(c)[-1]:
-                        arrays = {f"d{j}": np.stack([current[i][0][j] for i in chunk_range(c)])
-                                  for j in range(len(heads))}
-                        if stores_regions:
-                            found = [current[i][1] for i in chunk_range(c) if current[i][1] is not None]
-                            arrays["regions"] = (np.concatenate(found) if found
-                                                 else np.zeros((0, backbone.channels), np.float32))
-                        run.save_chunk(c, arrays, time.perf_counter() - started)
-                        chunks[c] = arrays
-                        current, started = {}, time.perf_counter()
-                    if progress:
-                        progress(done, n, stage)
-                    if cancel is not None and cancel.is_set():
-                        raise ExtractionCancelled(f"extraction cancelled after {done} of {n} images; "
-                                                  "completed chunks are kept and the next run resumes")
+    chunks = {c: arrays for c in range(n_chunks) if valid(c, arrays := run.load_chunk(c))}
+    resumed = sum(len(chunk_range(c)) for c in chunks)
+    todo = [i for c in range(n_chunks) if c not in chunks for i in chunk_range(c)]
+    stage = f"{backbone.name} {heads[0].method.size}px: " + ", ".join(h.method.pooling for h in heads)
+    if progress:
+        progress(resumed, n, stage)
 
-        ordered = [chunks[c] for c in range(n_chunks)]
-        outputs = {h.method.slug(): np.concatenate([a[f"d{j}"] for a in ordered]).astype(np.float32)
-                   for j, h in enumerate(heads)}
-        if stores_regions:
-            outputs[REGIONS_FILE] = np.concatenate([a["regions"] for a in ordered]).astype(np.float32)
-        info = {"extraction_seconds": round(run.seconds, 3), "resumed_items": resumed,
-                "images_per_second": round(n / run.seconds, 3) if run.seconds else None}
-        return outputs, info, run
-    except BaseException:
-        run.close()
-        raise
+    if todo:
+        loader = torch.utils.data.DataLoader(
+            PassItems(items, todo, heads[0].method.size),
+            batch_size=None, shuffle=False, num_workers=workers,
+            worker_init_fn=_init_worker if workers else None,
+            prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+        cuda = device.type == "cuda"
+        done, current, started = resumed, {}, time.perf_counter()
+        with torch.inference_mode():
+            for index, tensor, error in loader:
+                if error:
+                    raise RuntimeError(f"{error}; it is listed in the dataset, so the dataset changed "
+                                       "on disk: reload it (unreadable images are skipped at load time)")
+                x = normalise(tensor.unsqueeze(0).to(device, non_blocking=True), backbone.mean, backbone.std)
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda):
+                    fmap = backbone.model(x)
+                fmap = fmap.float()
+                current[index] = ([_pool_head(fmap, h)[0].float().cpu().numpy() for h in heads],
+                                  _region_sample(fmap, index, quota) if stores_regions and index < n_db
+                                  else None)
+                done += 1
+                c = index // chunk_size
+                if index == chunk_range(c)[-1]:
+                    arrays = {f"d{j}": np.stack([current[i][0][j] for i in chunk_range(c)])
+                              for j in range(len(heads))}
+                    if stores_regions:
+                        found = [current[i][1] for i in chunk_range(c) if current[i][1] is not None]
+                        arrays["regions"] = (np.concatenate(found) if found
+                                             else np.zeros((0, backbone.channels), np.float32))
+                    run.save_chunk(c, arrays, time.perf_counter() - started)
+                    chunks[c] = arrays
+                    current, started = {}, time.perf_counter()
+                if progress:
+                    progress(done, n, stage)
+                if cancel is not None and cancel.is_set():
+                    raise ExtractionCancelled(f"extraction cancelled after {done} of {n} images; "
+                                              "completed chunks are kept and the next run resumes")
+
+    ordered = [chunks[c] for c in range(n_chunks)]
+    outputs = {h.method.slug(): np.concatenate([a[f"d{j}"] for a in ordered]).astype(np.float32)
+               for j, h in enumerate(heads)}
+    if stores_regions:
+        outputs[REGIONS_FILE] = np.concatenate([a["regions"] for a in ordered]).astype(np.float32)
+    info = {"extraction_seconds": round(run.seconds, 3), "resumed_items": resumed,
+            "images_per_second": round(n / run.seconds, 3) if run.seconds else None}
+    return outputs, info, run
 
 
 # --- whitening ----------------------------------------------------------------------

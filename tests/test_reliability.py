@@ -357,7 +357,8 @@ def test_a_run_another_process_computes_is_refused_not_shared(tmp_path):
 
     _, _, dataset = build(tmp_path)
     run = partial_dir(tmp_path, dataset, "busy")
-    PartialRun(run, {"run": 1}).close()
+    interrupted = PartialRun(run, {"run": 1})
+    del interrupted  # an interrupted pass drops its run: the lock goes with it
     holder = lock_holder(run)
     try:
         with pytest.raises(RuntimeError, match="another process is computing these descriptors"):
