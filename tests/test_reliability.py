@@ -168,7 +168,7 @@ def test_cli_errors_on_a_damaged_cache_are_one_line_exit_2(cache, tmp_path, caps
     code, err = cli(["bundle", "--dataset", "tiny", "--cache", str(cache_dir), "--out", str(tmp_path / "b"),
                      "--no-layouts"], capsys)
     assert code == 2 and "db.npy: not a regular file" in one_line_error(err)
-    rewrite_manifest(entry_dir(cache_dir, key, GEM.__class__(pooling="mac")), lambda m: None)
+    rewrite_manifest(entry_dir(cache_dir, key, Method(pooling="mac")), lambda m: None)
     code, err = cli(["report", "--dataset", "tiny", "--cache", str(cache_dir),
                      "--methods", Method(pooling="mac").slug()], capsys)
     assert code == 2 and "not in the cache" in one_line_error(err)
