@@ -17,14 +17,20 @@ methods, plus what replaces the original images and the heavy computations:
                                                               of the default graph (cbir.neighbours,
                                                               cbir.spectral)
 
-`verify_bundle` refuses a bundle whose format differs, whose files are missing, or
-whose bytes changed. The bundle is assembled in a temporary directory and renamed
-into place, so an interrupted build leaves nothing half-written at `out`.
+`bundle.json` describes the bundle completely (format 2): every file under `out` is
+listed with its size and sha256, and `manifest_sha256` covers every other field.
+`verify_bundle` refuses a bundle whose format differs, whose manifest was edited, any
+of whose files is missing, unlisted, not a regular file inside it, or changed. A
+served bundle is read-only: results computed while serving stay in memory. The
+bundle is assembled in a temporary directory and renamed into place, so an
+interrupted build leaves nothing half-written at `out`.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import json
+import os
 import platform
 import shutil
 import time
@@ -38,10 +44,11 @@ from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir
                     save_entry, sha256_file)
 from .data import Dataset, open_image
 from .evaluation import store_overview_reports, stored_diffusion_grid
+from .files import LOCK_NAME, regular_file
 from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
 
-BUNDLE_FORMAT = 1
+BUNDLE_FORMAT = 2
 MAX_FILE_BYTES = 100 * 1024 * 1024
 THUMBS = "thumbs"
 
@@ -105,7 +112,7 @@ def _write_thumbnails(dataset: Dataset, out_dir: Path, size: int, progress) -> N
 
 def _file_table(root: Path) -> dict:
     table = {}
-    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name != "bundle.json"):
+    for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("bundle.json", LOCK_NAME)):
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
             raise BundleError(f"{path}: {size / 2**20:.0f} MiB, over GitHub's 100 MB file limit; "
@@ -148,7 +155,8 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
         except CacheError as exc:
             raise CacheError(f"{exc}; extract it first with `python -m cbir extract`") from exc
     with atomic_directory(out) as tmp:
-        shared = replace(dataset, root="")
+        shared = replace(dataset, root="", dropped_queries=[  # no local paths in a shared bundle
+            {**d, "source": os.path.relpath(d["source"], dataset.root)} for d in dataset.dropped_queries])
         key_dir = dataset_dir(tmp, shared)
         _write_thumbnails(dataset, key_dir, thumb_size, progress)
         for method, entry in entries.items():
@@ -183,31 +191,89 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             "files": files,
             "total_bytes": sum(f["bytes"] for f in files.values()),
         }
+        manifest["manifest_sha256"] = manifest_digest(manifest)
         atomic_write_text(tmp / "bundle.json", json.dumps(manifest, indent=1))
     return manifest
+
+
+def manifest_digest(manifest: dict) -> str:
+    """sha256 of every field but itself, in a canonical JSON form."""
+    fields = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def is_bundle(root: Path) -> bool:
     return (Path(root) / "bundle.json").is_file()
 
 
+def _walk(root: str, prefix: str = ""):
+    """(relative name, lstat result) of every non-directory under `root`, symlinked folders included."""
+    with os.scandir(root) as entries:
+        for entry in entries:
+            name = prefix + entry.name
+            if entry.is_dir(follow_symlinks=False):
+                yield from _walk(entry.path, name + "/")
+            else:
+                yield name, entry.stat(follow_symlinks=False)
+
+
+def present_files(root: Path) -> list[str]:
+    """Every non-directory under `root` but bundle.json (symlinks included), relative, sorted."""
+    return sorted(name for name, _ in _walk(str(root)) if name != "bundle.json")
+
+
+def tree_stamp(root: Path) -> tuple:
+    """(name, size, mtime) of every file under `root` (bundle.json included): a change means the
+    bundle must be verified again. About a millisecond per 100 files."""
+    return tuple(sorted((name, info.st_size, info.st_mtime_ns) for name, info in _walk(str(root))))
+
+
+def _file_entry_problem(info) -> str | None:
+    if not isinstance(info, dict):
+        return "is not an object with sha256 and bytes"
+    if not isinstance(info.get("sha256"), str) or not isinstance(info.get("bytes"), int) \
+            or isinstance(info.get("bytes"), bool):
+        return "needs a sha256 string and a bytes count"
+    return None
+
+
 def verify_bundle(root: Path) -> dict:
-    """The bundle's manifest after checking format, presence and checksum of every file."""
+    """The bundle's manifest after checking that it describes the bundle completely:
+    format, the manifest's own checksum, and presence, size and checksum of every file,
+    with no file unlisted; BundleError naming the file and the problem otherwise."""
     root = Path(root)
+    where = root / "bundle.json"
     try:
-        manifest = json.loads((root / "bundle.json").read_text())
+        manifest = json.loads(where.read_text())
     except FileNotFoundError as exc:
         raise BundleError(f"{root}: no bundle.json; not a bundle") from exc
-    except ValueError as exc:
-        raise BundleError(f"{root}/bundle.json: not valid JSON ({exc})") from exc
+    except (ValueError, OSError) as exc:
+        raise BundleError(f"{where}: not valid JSON ({exc})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else None
-        raise BundleError(f"{root}/bundle.json: bundle format {found!r}; this version of cbir reads "
+        raise BundleError(f"{where}: bundle format {found!r}; this version of cbir reads "
                           f"format {BUNDLE_FORMAT}: rebuild it with `python -m cbir bundle`")
-    for name, info in manifest.get("files", {}).items():
+    if manifest.get("manifest_sha256") != manifest_digest(manifest):
+        raise BundleError(f"{where}: its fields differ from its manifest_sha256 (edited); rebuild the bundle")
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{where}: no file table; rebuild the bundle")
+    for name, info in files.items():
+        problem = _file_entry_problem(info)
+        if problem is not None:
+            raise BundleError(f"{where}: the entry of {name} {problem}; rebuild the bundle")
+    unlisted = sorted(set(present_files(root)) - set(files))
+    if unlisted:
+        raise BundleError(f"{root / unlisted[0]}: not listed in bundle.json ({len(unlisted)} unlisted files); "
+                          "a bundle serves only what its manifest lists: remove them or rebuild")
+    for name, info in files.items():
         path = root / name
-        if not path.is_file():
-            raise BundleError(f"{path}: listed in bundle.json but missing")
-        if path.stat().st_size != info["bytes"] or sha256_file(path) != info["sha256"]:
+        try:
+            file = regular_file(path, root, info["bytes"])
+        except ValueError as exc:
+            raise BundleError(f"{exc} (listed in bundle.json)") from exc
+        if path.is_symlink():
+            raise BundleError(f"{path}: a symbolic link; a bundle holds regular files only")
+        if sha256_file(file) != info["sha256"]:
             raise BundleError(f"{path}: contents differ from bundle.json (modified or truncated)")
     return manifest

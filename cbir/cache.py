@@ -24,6 +24,7 @@ import os
 import shutil
 import tempfile
 import time
+import weakref
 import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +33,8 @@ from pathlib import Path
 import numpy as np
 
 from .data import Dataset
+from .files import (LOCK_NAME, default_mode, hold_lock, is_locked, locked, make_temp_dir, read_exact,
+                    reclaim_stale, regular_file, temp_prefix)
 from .method import Method
 
 FORMAT = 1
@@ -43,9 +46,12 @@ class CacheError(RuntimeError):
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write `path` whole or not at all (a temporary renamed over it), with the umask's mode."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    reclaim_stale(path.parent)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=temp_prefix(path.name), suffix=".tmp")
     try:
+        os.fchmod(fd, default_mode())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
@@ -65,21 +71,29 @@ def atomic_directory(final: Path):
     """A temporary sibling directory that replaces `final` whole when the block succeeds.
 
     Readers see the old directory or the new one, never a half-written one; if the
-    block fails (or is interrupted) the temporary directory is removed.
+    block fails (or is interrupted) the temporary directory is removed, and one left by
+    a killed writer is reclaimed by the next. Concurrent writers of one `final` swap
+    their directories in turn (a lock on the parent folder): the last one wins, none fails.
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
+    reclaim_stale(final.parent)
+    tmp, lock = make_temp_dir(final.parent, final.name)
     try:
+        os.chmod(tmp, default_mode(0o777))
         yield tmp
-        if final.exists():
-            trash = final.with_name(f".{final.name}.old-{os.getpid()}")
-            os.replace(final, trash)
-            shutil.rmtree(trash, ignore_errors=True)
-        os.replace(tmp, final)
+        (tmp / LOCK_NAME).unlink()
+        with locked(final.parent):
+            if final.exists():
+                trash = Path(tempfile.mkdtemp(dir=final.parent, prefix=temp_prefix(final.name), suffix=".old"))
+                os.replace(final, trash / final.name)
+                shutil.rmtree(trash, ignore_errors=True)
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        os.close(lock)
 
 
 def sha256_file(path: Path) -> str:
@@ -108,14 +122,16 @@ def save_dataset(cache_root: Path, dataset: Dataset) -> Path:
     return path
 
 
-def list_datasets(cache_root: Path) -> dict[str, Dataset]:
-    """Every dataset described in the cache, by key; unreadable descriptions are skipped."""
+def list_datasets(cache_root: Path, broken: list[str] | None = None) -> dict[str, Dataset]:
+    """Every dataset described in the cache, by key; unreadable descriptions are skipped,
+    each with a message naming its file appended to `broken` when given."""
     found = {}
     for path in sorted(Path(cache_root).glob("*/dataset.json")):
         try:
             found[path.parent.name] = Dataset.load(path)
-        except ValueError:
-            continue
+        except ValueError as exc:
+            if broken is not None:
+                broken.append(str(exc))
     return found
 
 
@@ -155,6 +171,12 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
     if len(db) != len(dataset.images) or len(queries) != len(dataset.queries):
         raise ValueError(f"{len(db)} database / {len(queries)} query descriptors for a dataset "
                          f"of {len(dataset.images)} images / {len(dataset.queries)} queries")
+    for arr, names, kind in ((db, dataset.images, "image"), (queries, [q.name for q in dataset.queries], "query")):
+        problem = descriptor_problem(arr)
+        if problem is not None:
+            row, what = problem
+            raise ValueError(f"{method.label()}: the descriptor of {kind} {names[row]} {what}; "
+                             "refusing to store it")
     save_dataset(cache_root, dataset)
     final = entry_dir(cache_root, dataset_key(dataset), method)
     with atomic_directory(final) as tmp:
@@ -175,6 +197,7 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
             "dim": int(db.shape[1]),
             "dtype": str(db.dtype),
             "files": {name: sha256_file(tmp / name) for name in [*ARRAYS, *arrays]},
+            "sizes": {name: (tmp / name).stat().st_size for name in [*ARRAYS, *arrays]},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             **(extra or {}),
         }
@@ -182,87 +205,160 @@ def save_entry(cache_root: Path, dataset: Dataset, method: Method, db: np.ndarra
     return final
 
 
+UNIT_TOLERANCE = 1e-2  # float16 storage and PCA rounding stay far inside it
+
+
+def descriptor_problem(arr: np.ndarray) -> tuple[int, str] | None:
+    """(row, what is wrong) for the first descriptor that is not finite or not L2-normalised."""
+    values = np.asarray(arr, np.float32)
+    finite = np.isfinite(values).all(axis=1)
+    if not finite.all():
+        return int(np.argmin(finite)), "is not finite (NaN or infinity)"
+    norms = np.linalg.norm(values, axis=1)
+    off = np.abs(norms - 1) > UNIT_TOLERANCE
+    if off.any():
+        row = int(np.argmax(off))
+        return row, f"has norm {norms[row]:.4g}, not 1 (descriptors are L2-normalised)"
+    return None
+
+
 def read_manifest(path: Path) -> dict:
+    """The entry's manifest once it is a JSON object with a file table; CacheError otherwise."""
+    file = Path(path) / "manifest.json"
     try:
-        manifest = json.loads((Path(path) / "manifest.json").read_text())
+        manifest = json.loads(file.read_text())
     except FileNotFoundError as exc:
         raise CacheError(f"{path}: no manifest.json (entry missing or incomplete)") from exc
-    except ValueError as exc:
-        raise CacheError(f"{path}/manifest.json: not valid JSON ({exc})") from exc
+    except (ValueError, OSError) as exc:
+        raise CacheError(f"{file}: not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict):
+        raise CacheError(f"{file}: a {type(manifest).__name__}, not a JSON object; delete the entry and extract it again")
     if manifest.get("format") != FORMAT:
-        raise CacheError(f"{path}/manifest.json: format {manifest.get('format')!r}, "
+        raise CacheError(f"{file}: format {manifest.get('format')!r}, "
                          f"this version reads {FORMAT}")
+    files, sizes = manifest.get("files"), manifest.get("sizes", {})
+    if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()) \
+            or not set(ARRAYS) <= set(files):
+        raise CacheError(f"{file}: no valid file table (\"files\" must map db.npy, queries.npy, ... "
+                         "to checksums); delete the entry and extract it again")
+    if not isinstance(sizes, dict) or not all(isinstance(v, int) for v in sizes.values()):
+        raise CacheError(f"{file}: \"sizes\" must map file names to byte counts")
+    if not all(isinstance(manifest.get(k), int) for k in ("n_images", "n_queries", "dim")):
+        raise CacheError(f"{file}: n_images, n_queries and dim must be integers")
+    try:
+        Method.from_dict(manifest["method"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CacheError(f"{file}: no valid method ({exc})") from exc
     return manifest
 
 
+def entry_file(path: Path, manifest: dict, name: str) -> Path:
+    """An entry's file once it is a regular file inside the entry, of the size its manifest states."""
+    try:
+        return regular_file(Path(path) / name, path, manifest.get("sizes", {}).get(name))
+    except ValueError as exc:
+        raise CacheError(str(exc)) from exc
+
+
+def verified_array(path: Path, manifest: dict, name: str, verify: bool = True) -> np.ndarray:
+    """One array of an entry, parsed from the very bytes whose checksum was verified."""
+    file = entry_file(path, manifest, name)
+    size = manifest.get("sizes", {}).get(name, file.stat().st_size)
+    try:
+        data = read_exact(file, size)
+    except (ValueError, OSError) as exc:
+        raise CacheError(str(exc)) from exc
+    if verify and hashlib.sha256(data).hexdigest() != manifest["files"].get(name):
+        raise CacheError(f"{path / name}: checksum mismatch (truncated or modified)")
+    try:
+        return np.load(io.BytesIO(data), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise CacheError(f"{path / name}: unreadable ({exc})") from exc
+
+
 def checked_manifest(cache_root: Path, dataset: Dataset, method: Method, verify: bool = True) -> dict:
-    """An entry's manifest once it matches `dataset` and (with `verify`) every array's
-    checksum; CacheError naming the file and the problem otherwise. No array is loaded."""
+    """An entry's manifest once it matches `dataset` and `method` and (with `verify`) every
+    array's checksum; CacheError naming the file and the problem otherwise. No array is kept."""
     path = entry_dir(cache_root, dataset_key(dataset), method)
     manifest = read_manifest(path)
+    stored = Method.from_dict(manifest["method"])
+    if stored != method.descriptor_key():
+        raise CacheError(f"{path}/manifest.json: the entry holds {stored.label()}, not "
+                         f"{method.descriptor_key().label()} (misplaced); delete it and extract again")
     if manifest.get("names_sha1") != names_hash(dataset.images):
         raise CacheError(f"{path}: descriptors were computed for other database images")
     if manifest.get("query_names_sha1") != names_hash([q.name for q in dataset.queries]):
         raise CacheError(f"{path}: query descriptors were computed for other queries")
     for name in ARRAYS:
-        file = path / name
-        if not file.exists():
-            raise CacheError(f"{file}: missing")
+        file = entry_file(path, manifest, name)
         if verify and sha256_file(file) != manifest["files"].get(name):
-            raise CacheError(f"{file}: checksum mismatch (truncated or modified)")
+            raise CacheError(f"{path / name}: checksum mismatch (truncated or modified)")
     return manifest
 
 
 def load_entry(cache_root: Path, dataset: Dataset, method: Method, verify: bool = True) -> Entry:
-    """Load and validate an entry; any defect raises CacheError naming the file and the problem."""
+    """Load and validate an entry; any defect raises CacheError naming the file and the problem.
+
+    The arrays are parsed from the bytes that were checksummed, and every descriptor
+    must be finite and L2-normalised: a NaN row is refused here, not deep in a ranking.
+    """
     path = entry_dir(cache_root, dataset_key(dataset), method)
-    manifest = checked_manifest(cache_root, dataset, method, verify)
-    arrays = []
-    for name in ARRAYS:
-        try:
-            arrays.append(np.load(path / name, allow_pickle=False))
-        except (ValueError, OSError, EOFError) as exc:
-            raise CacheError(f"{path / name}: unreadable ({exc})") from exc
-    db, queries = arrays
+    manifest = checked_manifest(cache_root, dataset, method, verify=False)
+    db, queries = (verified_array(path, manifest, name, verify) for name in ARRAYS)
     expected = {"db.npy": (manifest["n_images"], manifest["dim"]),
                 "queries.npy": (manifest["n_queries"], manifest["dim"])}
-    for name, arr in zip(ARRAYS, arrays):
+    for name, arr in zip(ARRAYS, (db, queries)):
         if arr.shape != expected[name]:
             raise CacheError(f"{path / name}: shape {arr.shape}, manifest says {expected[name]}")
+        problem = descriptor_problem(arr)
+        if problem is not None:
+            raise CacheError(f"{path / name}: row {problem[0]} {problem[1]}; delete the entry and extract again")
     return Entry(db, queries, manifest, path)
 
 
 def list_entries(cache_root: Path, key: str) -> list[Method]:
-    """Methods with a manifest under this dataset key (not yet validated)."""
+    """Methods with a readable manifest in their own folder under this dataset key
+    (arrays not yet validated; an entry moved into another method's folder is not one)."""
     methods = []
     for path in sorted((Path(cache_root) / key).glob("*/manifest.json")):
         try:
-            methods.append(Method.from_dict(read_manifest(path.parent)["method"]))
-        except (CacheError, ValueError, KeyError, TypeError):
+            method = Method.from_dict(read_manifest(path.parent)["method"])
+        except CacheError:
             continue
+        if method.slug() == path.parent.name:
+            methods.append(method)
     return methods
 
 
 def load_entry_array(entry: Entry, name: str) -> np.ndarray:
     """One of an entry's further arrays (see `save_entry`), checksum-verified."""
     name = name if name.endswith(".npy") else f"{name}.npy"
-    file = entry.path / name
-    expected = entry.manifest.get("files", {}).get(name)
-    if expected is None:
+    if entry.manifest["files"].get(name) is None:
         raise CacheError(f"{entry.path}: the entry stores no {name}")
-    if not file.exists():
-        raise CacheError(f"{file}: missing")
-    if sha256_file(file) != expected:
-        raise CacheError(f"{file}: checksum mismatch (truncated or modified)")
-    try:
-        return np.load(file, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise CacheError(f"{file}: unreadable ({exc})") from exc
+    return verified_array(entry.path, entry.manifest, name)
 
 
 def partial_dir(cache_root: Path, dataset: Dataset, run_id: str) -> Path:
     """Where an extraction run keeps its completed chunks until the entry is written."""
     return dataset_dir(cache_root, dataset) / ".partial" / run_id
+
+
+PARTIAL_TTL_SECONDS = 24 * 3600
+
+
+def reclaim_partials(partials: Path, keep: Path | None = None, max_age: float = PARTIAL_TTL_SECONDS) -> list[Path]:
+    """Remove the partial runs no live process holds and none touched for `max_age` seconds
+    (a killed run is resumed by rerunning its command soon; one abandoned a day is not)."""
+    removed = []
+    for run in (p for p in Path(partials).iterdir() if p.is_dir() and p != keep):
+        try:
+            age = time.time() - max(f.stat().st_mtime for f in [run, *run.iterdir()])
+        except OSError:
+            continue
+        if age > max_age and not is_locked(run):
+            shutil.rmtree(run, ignore_errors=True)
+            removed.append(run)
+    return removed
 
 
 class PartialRun:
@@ -278,13 +374,27 @@ class PartialRun:
     def __init__(self, directory: Path, fingerprint: dict):
         self.directory = Path(directory)
         self.fingerprint = json.loads(json.dumps(fingerprint))
+        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            lock = hold_lock(self.directory, wait=False)
+        except (BlockingIOError, PermissionError):
+            raise RuntimeError(f"{self.directory}: another process is computing these descriptors; "
+                               "wait for it to finish, or stop it") from None
+        # Released by close()/remove(), or when the run is dropped (an interrupted pass).
+        self._release = weakref.finalize(self, os.close, lock)
+        reclaim_partials(self.directory.parent, keep=self.directory)
         state = self._read_state()
         if state is None or state.get("fingerprint") != self.fingerprint:
-            shutil.rmtree(self.directory, ignore_errors=True)
+            for child in self.directory.iterdir():
+                if child.name != LOCK_NAME:
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
             state = {"fingerprint": self.fingerprint, "seconds": 0.0}
-            self.directory.mkdir(parents=True, exist_ok=True)
             atomic_write_text(self.directory / "progress.json", json.dumps(state))
         self.seconds = float(state["seconds"])
+
+    def close(self) -> None:
+        """Release the run (its chunks stay for a later resume)."""
+        self._release()
 
     def _read_state(self) -> dict | None:
         try:
@@ -317,6 +427,7 @@ class PartialRun:
 
     def remove(self) -> None:
         shutil.rmtree(self.directory, ignore_errors=True)
+        self.close()
         try:
             self.directory.parent.rmdir()
         except OSError:

@@ -7,6 +7,7 @@ one-line message naming the file and the problem.
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import sys
@@ -131,6 +132,16 @@ def extraction_options(args) -> dict:
             "runtime": args.runtime}
 
 
+def warn_skipped(dataset) -> None:
+    """Name on stderr every image and query the dataset leaves out, and why."""
+    for bad in dataset.unreadable:
+        print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    dropped = dataset.dropped_queries
+    if dropped:
+        print(f"warning: {len(dropped)} of {dataset.n_queries_total} queries skipped: "
+              + "; ".join(f"{d['name']} ({d['source']}: {d['reason']})" for d in dropped), file=sys.stderr)
+
+
 # --- extract -------------------------------------------------------------------
 
 def cmd_extract(args) -> int:
@@ -141,8 +152,7 @@ def cmd_extract(args) -> int:
     cache = args.cache or default_cache_dir()
     dataset = load_dataset(args.dataset, args.root)
     print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
-    for bad in dataset.unreadable:
-        print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    warn_skipped(dataset)
     options = extraction_options(args)
     progress = options.pop("progress")
     try:
@@ -181,6 +191,7 @@ def cmd_evaluate(args) -> int:
 
     cache = args.cache or default_cache_dir()
     dataset = load_dataset_fast(args.dataset, args.root, cache)
+    warn_skipped(dataset)
     protocol = args.protocol or default_protocol(dataset)
     if protocol not in dataset.gnd:
         raise ValueError(f"{args.root}: dataset {dataset.name!r} has no protocol {protocol!r}; "
@@ -199,7 +210,8 @@ def cmd_evaluate(args) -> int:
     head = {"head": entry.manifest.get("head")} if method.head else {}
     print_json({"method": method.label(), "method_key": method.to_dict(),
                 "whitening": entry.manifest.get("whitening"), **head,
-                "status": dataset.status_line(), "cache_entry": str(entry.path), **report})
+                "status": dataset.status_line(), "cache_entry": str(entry.path),
+                "skipped": dataset.unreadable, "skipped_queries": dataset.dropped_queries, **report})
     return 0
 
 
@@ -455,10 +467,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def error_line(exc: BaseException) -> str:
+    """One line naming the file and what to do, for any error a user can meet."""
+    if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError) and exc.strerror:
+        where = f"{exc.filename}: " if exc.filename else ""
+        text = f"{where}{exc.strerror}"
+        if exc.errno == errno.ENOSPC:
+            text += ("; free disk space and run the same command again (completed chunks are kept "
+                     "and resumed; stale temporaries of dead runs are reclaimed)")
+    else:
+        text = str(exc)
+    return " ".join(text.split())
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (OSError, ValueError, RuntimeError) as exc:
+        print(f"error: {error_line(exc)}", file=sys.stderr)
         return 2

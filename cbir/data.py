@@ -21,6 +21,8 @@ from typing import Callable, NamedTuple
 import numpy as np
 from PIL import Image
 
+from .files import inside
+
 
 BENCHMARK_NAMES = {"paris6k": "Paris6k", "rparis6k": "rParis6k", "oxford5k": "Oxford5k", "roxford5k": "rOxford5k"}
 
@@ -46,6 +48,7 @@ class Dataset:
     n_queries_total: int
     missing: list[str] = field(default_factory=list)
     unreadable: list[dict] = field(default_factory=list)
+    dropped_queries: list[dict] = field(default_factory=list)
 
     @property
     def protocols(self) -> tuple[str, ...]:
@@ -127,19 +130,42 @@ class Dataset:
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 IMAGE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+# A smaller image gives the backbones (stride 32) a 1x1 map of padding: R-MAC all zero, GeM not unit.
+MIN_IMAGE_SIDE = 32
+WIDE_GREY_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+class PixelError(ValueError):
+    """Pixels without a defined 8-bit meaning (floating point, out of range)."""
+
+
+def to_rgb(img: Image.Image, path) -> Image.Image:
+    """8-bit RGB pixels. PIL's `convert("RGB")` clips 16-bit greyscale to white, so those
+    (and 32-bit integer images holding 16-bit values) are scaled by 255/65535 first;
+    floating-point and out-of-range pixels have no defined scale and are refused."""
+    if img.mode in WIDE_GREY_MODES:
+        values = np.asarray(img, dtype=np.float64)
+        if values.size and (values.min() < 0 or values.max() > 65535):
+            raise PixelError(f"{path}: {img.mode} pixel values outside 0-65535; convert it to 8 or 16 bits")
+        return Image.fromarray(np.round(values * (255 / 65535)).astype(np.uint8), "L").convert("RGB")
+    if img.mode == "F":
+        raise PixelError(f"{path}: floating-point pixels have no defined 8-bit scale; convert it to 8 or 16 bits")
+    return img.convert("RGB")
 
 
 def open_image(path) -> Image.Image:
     """The image as RGB pixels as stored (no EXIF rotation: ground-truth boxes refer to these)."""
     try:
         with Image.open(path) as img:
-            return img.convert("RGB")
+            return to_rgb(img, path)
+    except PixelError:
+        raise
     except IMAGE_ERRORS as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
 
 
 def check_image(path) -> tuple[tuple[int, int] | None, str | None]:
-    """(width, height) and None if the image decodes, else (None, error).
+    """(width, height) and None if the image decodes and is large enough, else (None, error).
 
     A draft-mode decode (JPEG DCT scaling to 1/8) still walks the whole entropy-coded
     stream, so truncated files are caught; it saves the full-size IDCT and colour
@@ -150,9 +176,16 @@ def check_image(path) -> tuple[tuple[int, int] | None, str | None]:
             size = img.size
             img.draft("RGB", (64, 64))
             img.load()
-        return size, None
+            if img.mode == "F" or img.mode in WIDE_GREY_MODES:
+                to_rgb(img, path)
+    except PixelError as exc:
+        return None, str(exc).removeprefix(f"{path}: ")
     except IMAGE_ERRORS as exc:
         return None, f"{type(exc).__name__}: {exc}"
+    if min(size) < MIN_IMAGE_SIDE:
+        return None, (f"too small: {size[0]}x{size[1]} px, descriptors need at least "
+                      f"{MIN_IMAGE_SIDE} px a side")
+    return size, None
 
 
 def check_images(paths: list[Path], workers: int | None = None) -> list[tuple[tuple[int, int] | None, str | None]]:
@@ -256,9 +289,17 @@ class RawQuery(NamedTuple):
 QUERY_FILE = re.compile(r"^(?P<landmark>.+)_(?P<number>\d+)_query\.txt$")
 
 
-def parse_query_line(path: Path, prefix: str = "") -> tuple[str, tuple[float, float, float, float]]:
-    """`<image> x1 y1 x2 y2` -> (name without `prefix`, box); anything else is a ValueError."""
-    lines = [(i, line) for i, line in enumerate(path.read_text().splitlines(), start=1) if line.strip()]
+def read_text(path: Path) -> str:
+    """A ground-truth text file's contents; ValueError naming it when it is not text."""
+    try:
+        return Path(path).read_text()
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not a text file ({exc.reason} at byte {exc.start})") from None
+
+
+def parse_query_line(path: Path, prefix: str = "") -> tuple[str, tuple[float, float, float, float], int]:
+    """`<image> x1 y1 x2 y2` -> (name without `prefix`, box, line number); anything else is a ValueError."""
+    lines = [(i, line) for i, line in enumerate(read_text(path).splitlines(), start=1) if line.strip()]
     if len(lines) != 1:
         raise ValueError(f"{path}: expected one line '<image> x1 y1 x2 y2', found {len(lines)} lines")
     number, line = lines[0]
@@ -270,7 +311,7 @@ def parse_query_line(path: Path, prefix: str = "") -> tuple[str, tuple[float, fl
     except ValueError as exc:
         raise ValueError(f"{path}:{number}: expected '<image> x1 y1 x2 y2', got {line!r} ({exc})") from None
     name = fields[0][len(prefix):] if prefix and fields[0].startswith(prefix) else fields[0]
-    return name, box
+    return name, box, number
 
 
 def read_txt_ground_truth(gt_dir: Path, prefix: str = "") -> list[RawQuery]:
@@ -285,14 +326,14 @@ def read_txt_ground_truth(gt_dir: Path, prefix: str = "") -> list[RawQuery]:
         raise FileNotFoundError(f"{gt_dir}: no *_query.txt ground-truth files")
     queries = []
     for landmark, number, path in sorted(found):
-        name, box = parse_query_line(path, prefix)
+        name, box, number = parse_query_line(path, prefix)
         lists = {}
         for part in ("good", "ok", "junk"):
             part_path = gt_dir / f"{landmark}_{number}_{part}.txt"
             if not part_path.is_file():
                 raise FileNotFoundError(f"{part_path}: ground-truth file missing (query {name})")
-            lists[part] = part_path.read_text().split()
-        queries.append(RawQuery(name, box, str(path),
+            lists[part] = read_text(part_path).split()
+        queries.append(RawQuery(name, box, f"{path}:{number}",
                                 {"ok": lists["good"] + lists["ok"], "junk": lists["junk"]}))
     return queries
 
@@ -301,14 +342,14 @@ def pickle_queries(data: dict, path: Path, parts: tuple[str, ...]) -> list[RawQu
     """Queries of a `gnd_*.pkl`, with index lists turned into image names."""
     imlist = list(data["imlist"])
     queries = []
-    for qname, gnd in zip(data["qimlist"], data["gnd"]):
+    for number, (qname, gnd) in enumerate(zip(data["qimlist"], data["gnd"])):
         try:
             lists = {part: [imlist[int(i)] for i in np.asarray(gnd[part]).ravel()] for part in parts}
             bbx = gnd.get("bbx")
             box = None if bbx is None or len(bbx) == 0 else tuple(float(x) for x in np.asarray(bbx).ravel()[:4])
         except (KeyError, IndexError, TypeError, ValueError) as exc:
             raise ValueError(f"{path}: bad gnd entry for query {qname} ({exc!r})") from exc
-        queries.append(RawQuery(str(qname), box, str(path), lists))
+        queries.append(RawQuery(str(qname), box, f"{path} (qimlist[{number}])", lists))
     return queries
 
 
@@ -343,8 +384,10 @@ def assemble(name: str, root: Path, files: dict[str, str], candidates: list[str]
 
     `candidates` are the database names on disk (in order); `universe` every database name
     the benchmark has (its size is `n_images_total`; those not on disk are `missing`).
-    Queries whose image is missing or unreadable are dropped; ground-truth lists are
-    restricted to the database images present.
+    Queries whose image is missing or unreadable are dropped, each recorded in
+    `dropped_queries` with the ground-truth file (and line) naming it; ground-truth lists
+    are restricted to the database images present. An image path resolving outside
+    `root` (a symlink included) is refused.
     """
     in_db = set(candidates)
     to_check = list(candidates) + [q.name for q in raw_queries if q.name in files and q.name not in in_db]
@@ -359,10 +402,17 @@ def assemble(name: str, root: Path, files: dict[str, str], candidates: list[str]
     bad = {u["name"] for u in unreadable}
     images = [n for n in candidates if n not in bad]
     index = {n: i for i, n in enumerate(images)}
-    queries = []
+    for name, rel in files.items():
+        try:
+            inside(root / rel, root)
+        except ValueError as exc:
+            raise ValueError(f"{exc}: a dataset's images must lie inside its folder") from None
+    queries, dropped = [], []
     gnd = {p: [] for p in protocols({part: [] for part in ("ok", "easy", "hard", "junk")})}
     for raw in raw_queries:
         if raw.name not in files or raw.name in bad or (queries_in_db and raw.name not in index):
+            reason = "unreadable" if raw.name in bad else "not present"
+            dropped.append({"name": raw.name, "source": raw.source, "reason": f"its image is {reason}"})
             continue
         path = root / files[raw.name]
         box = None
@@ -377,7 +427,7 @@ def assemble(name: str, root: Path, files: dict[str, str], candidates: list[str]
     return Dataset(name=name, root=str(root), images=images, paths=[files[n] for n in images],
                    labels=[labels[n] for n in images], queries=queries, gnd=gnd,
                    n_images_total=len(universe), n_queries_total=len(raw_queries),
-                   missing=missing, unreadable=unreadable)
+                   missing=missing, unreadable=unreadable, dropped_queries=dropped)
 
 
 BENCHMARKS = {
@@ -569,6 +619,7 @@ def dataset_summary(ds: Dataset) -> dict:
         "missing_images": len(ds.missing),
         "missing": list(ds.missing),
         "unreadable": list(ds.unreadable),
+        "dropped_queries": list(ds.dropped_queries),
         "protocols": list(ds.protocols),
         "status": ds.status_line(),
     }

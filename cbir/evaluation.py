@@ -6,7 +6,8 @@ once and stored next to the descriptors they come from (`report-<protocol>-<re-r
 `grid-<protocol>.json` in the cache entry). A re-extracted entry replaces its
 directory, so a stale result cannot survive; each file also records the
 descriptors' checksums and parameters and is recomputed when they differ. A
-read-only cache (a bundle on a hosting service) still gets computed results.
+unwritable cache still gets computed results, and a served bundle (read-only) keeps
+them in memory: `store=False`.
 """
 from __future__ import annotations
 
@@ -116,15 +117,17 @@ def read_stored_report(entry_dir: Path, manifest: dict, method: Method, protocol
 
 
 def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Method, protocol: str,
-                  evaluate) -> dict:
+                  evaluate, store: bool = True) -> dict:
     """`evaluation_report` of `method` from disk if computed before from these descriptors;
     else `evaluate()` (a callable returning the report, so the caller chooses how to rank
-    and can reuse a cached diffusion graph) is called and the report stored."""
+    and can reuse a cached diffusion graph) is called and, with `store` (False for a served
+    bundle: read-only), the report stored."""
     report = read_stored_report(entry_dir, manifest, method, protocol)
     if report is None:
         report = evaluate()
-        checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
-        _store(report_path(entry_dir, method, protocol), {"checksums": list(checksums), "report": report})
+        if store:
+            checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
+            _store(report_path(entry_dir, method, protocol), {"checksums": list(checksums), "report": report})
     return report
 
 
@@ -192,15 +195,17 @@ def load_grid(entry: Entry, protocol: str) -> dict | None:
 
 
 def stored_diffusion_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=DEFAULT_ALPHAS,
-                          ks=DEFAULT_KS, kq: int = 10, gamma: float = 3.0, progress=None) -> dict:
-    """The grid from disk when it matches these parameters; else computed and stored.
+                          ks=DEFAULT_KS, kq: int = 10, gamma: float = 3.0, progress=None,
+                          store: bool = True) -> dict:
+    """The grid from disk when it matches these parameters; else computed and (with `store`) stored.
 
-    A read-only cache (e.g. a bundle on a hosting service) still gets the computed grid.
+    An unwritable cache still gets the computed grid; a served bundle passes `store=False`.
     """
     wanted = ([float(a) for a in alphas], list(usable_ks(ks, len(dataset.images))), int(kq), float(gamma))
     grid = load_grid(entry, protocol)
     if grid is not None and (grid["alphas"], grid["ks"], grid["kq"], grid["gamma"]) == wanted:
         return grid
     grid = diffusion_map_grid(dataset, entry, protocol, alphas, ks, kq, gamma, progress)
-    _store(grid_path(entry, protocol), grid)
+    if store:
+        _store(grid_path(entry, protocol), grid)
     return grid

@@ -12,6 +12,7 @@ valid cache entry (`ensure_descriptors` on a warm cache) stays light.
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -29,7 +30,7 @@ from . import __version__
 from .batching import BATCH_PIXELS
 from .cache import (CacheError, Entry, PartialRun, dataset_key, entry_dir, list_datasets,
                     load_entry, load_entry_array, partial_dir, save_dataset, save_entry)
-from .data import Dataset
+from .data import Dataset, to_rgb
 from .method import Method
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,7 @@ def load_image(path, size: int, bbox=None):
             out = (max(1, round((box[2] - box[0]) * scale)), max(1, round((box[3] - box[1]) * scale)))
             img.draft("RGB", (2 * math.ceil(width * scale), 2 * math.ceil(height * scale)))
             fx, fy = img.size[0] / width, img.size[1] / height
-            img = img.convert("RGB")
+            img = to_rgb(img, path)
     except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
         raise ValueError(f"{path}: unreadable image ({exc})") from exc
     if (fx, fy) == (1.0, 1.0) and out == (box[2] - box[0], box[3] - box[1]):
@@ -533,16 +534,27 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
                   "missing_images": len(dataset.missing),
                   **info}
         n_db = len(dataset.images)
-        for head in heads:
-            desc = outputs[head.method.slug()]
-            arrays = whitening_arrays(head.whitening)
-            if head.store_regions:
-                arrays[REGIONS_FILE] = outputs[REGIONS_FILE]
-            extra = common | {"whitening": whitenings.get(head.method), "regions_sample": (
-                len(outputs[REGIONS_FILE]) if head.store_regions else 0)}
-            save_entry(cache_root, dataset, head.method, desc[:n_db].astype(dtype), desc[n_db:].astype(dtype),
-                       extra=extra, arrays=arrays)
-            entries[head.method] = load_entry(cache_root, dataset, head.method)
+
+        def write_entries() -> None:
+            for head in heads:
+                desc = outputs[head.method.slug()]
+                arrays = whitening_arrays(head.whitening)
+                if head.store_regions:
+                    arrays[REGIONS_FILE] = outputs[REGIONS_FILE]
+                extra = common | {"whitening": whitenings.get(head.method), "regions_sample": (
+                    len(outputs[REGIONS_FILE]) if head.store_regions else 0)}
+                save_entry(cache_root, dataset, head.method, desc[:n_db].astype(dtype),
+                           desc[n_db:].astype(dtype), extra=extra, arrays=arrays)
+                entries[head.method] = load_entry(cache_root, dataset, head.method)
+
+        try:
+            write_entries()
+        except OSError as exc:
+            if exc.errno != errno.ENOSPC:
+                raise
+            # The chunks are all in memory: free the disk they hold, else every rerun fails the same way.
+            run.remove()
+            write_entries()
         run.remove()
 
     def forward(heads: list[Head], whitenings: dict) -> None:

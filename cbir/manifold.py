@@ -276,14 +276,15 @@ def read_layouts(db, cache_dir: Path, key: str) -> dict[str, np.ndarray] | None:
 
 def layouts(db, S, cache_dir: Path, key: str, recompute: bool = False,
             progress: Callable[[int, int, str], None] | None = None,
-            alpha: float = 0.99) -> dict[str, np.ndarray]:
+            alpha: float = 0.99, store: bool = True) -> dict[str, np.ndarray]:
     """Aligned before/after-diffusion layouts of the database, cached as npy in cache_dir.
 
     `key` names the graph (`graph_key`): it must change whenever S or alpha do.
     File names carry digests of what each layout was computed from (the descriptors;
     for "after" also the "before" layout it was initialised from and aligned to), so a
     layout is never paired with other data. Missing, unreadable or malformed files are
-    recomputed; a read-only cache directory still gets the computed layouts.
+    recomputed; a read-only cache directory still gets the computed layouts, and
+    `store=False` (a served bundle) writes nothing.
     """
     db = np.asarray(db)
     n = len(db)
@@ -295,13 +296,15 @@ def layouts(db, S, cache_dir: Path, key: str, recompute: bool = False,
     if before is None:
         report(0, 2, "UMAP of the descriptors")
         before = umap_layout(db, n_epochs=LAYOUT_EPOCHS)
-        _save_layout(before_path, before)
+        if store:
+            _save_layout(before_path, before)
     _, after_path = _layout_paths(db, cache_dir, key, before)
     after = None if recompute else _load_layout(after_path, n)
     if after is None:
         report(1, 2, "UMAP of the diffusion affinities")
         after = align(diffusion_layout(S, init=before, alpha=alpha, n_epochs=LAYOUT_EPOCHS), before)
-        _save_layout(after_path, after)
+        if store:
+            _save_layout(after_path, after)
     report(2, 2, "layouts ready")
     return {"before": before, "after": after}
 

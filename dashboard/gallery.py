@@ -16,7 +16,7 @@ import numpy as np
 import streamlit as st
 from PIL import Image, ImageDraw, ImageOps
 
-from cbir.data import Dataset
+from cbir.data import Dataset, to_rgb
 
 from .state import EXPLORER, IMAGE_QUERY, OPEN_PAGE, cache_root, data_root, set_view
 
@@ -56,7 +56,7 @@ def _thumbnail(path: str, size: int, box: tuple | None, original_width: int | No
     No EXIF rotation: ground-truth boxes refer to the pixels as stored (`cbir.data.open_image`).
     """
     with Image.open(path) as img:
-        img = img.convert("RGB")
+        img = to_rgb(img, path)
     if box is not None:
         factor = img.width / (original_width or img.width)
         ImageDraw.Draw(img).rectangle([v * factor for v in box], outline=FRAME["query"],

@@ -38,19 +38,20 @@ def _stamp(path: Path) -> int:
 def bundle_manifest() -> dict | None:
     """The verified manifest when the cache is a bundle (None for a plain cache).
 
-    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle; the check
-    (every file's checksum) runs once per change of bundle.json, not per rerun.
+    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle. Every rerun
+    compares the size and mtime of every file (and the file list) with those verified;
+    any change verifies every checksum again, so what is served is what was verified.
     """
-    from cbir.bundle import is_bundle
+    from cbir.bundle import is_bundle, tree_stamp
 
     root = cache_root()
     if not is_bundle(root):
         return None
-    return _verified_bundle(str(root), _stamp(root / "bundle.json"))
+    return _verified_bundle(str(root), tree_stamp(root))
 
 
 @st.cache_resource(max_entries=2, show_spinner="Verifying the bundle...")
-def _verified_bundle(root: str, stamp: int) -> dict:
+def _verified_bundle(root: str, stamp: tuple) -> dict:
     from cbir.bundle import verify_bundle
     return verify_bundle(Path(root))
 
@@ -60,19 +61,29 @@ def datasets() -> dict[str, Dataset]:
     return datasets_at(cache_root())
 
 
+def broken_datasets(root: Path | None = None) -> list[str]:
+    """One message per unreadable `dataset.json` in the cache at `root` (default: the served one)."""
+    return _described(cache_root() if root is None else root)[1]
+
+
 def datasets_at(root: Path) -> dict[str, Dataset]:
     """Datasets described in the cache or bundle at `root`; BundleError if it is a damaged bundle."""
-    from cbir.bundle import is_bundle
+    return _described(root)[0]
+
+
+def _described(root: Path) -> tuple[dict[str, Dataset], list[str]]:
+    from cbir.bundle import is_bundle, tree_stamp
 
     if is_bundle(root):
-        _verified_bundle(str(root), _stamp(root / "bundle.json"))
+        _verified_bundle(str(root), tree_stamp(root))
     stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
     return _datasets(str(root), stamp)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
-def _datasets(root: str, stamp: tuple) -> dict[str, Dataset]:
-    return list_datasets(Path(root))
+def _datasets(root: str, stamp: tuple) -> tuple[dict[str, Dataset], list[str]]:
+    broken: list[str] = []
+    return list_datasets(Path(root), broken), broken
 
 
 def descriptor_methods(key: str) -> list[Method]:
@@ -114,9 +125,7 @@ def entry(key: str, method: Method) -> Entry:
 
 @st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
 def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
-    method = _descriptor(key, slug)
-    manifest(key, method)  # checksums checked once (cached), or by the bundle's verification
-    found = load_entry(Path(root), datasets()[key], method, verify=False)
+    found = load_entry(Path(root), datasets()[key], _descriptor(key, slug))  # parsed from the hashed bytes
     return Entry(found.db.astype(np.float32, copy=False), found.queries.astype(np.float32, copy=False),
                  found.manifest, found.path)
 
@@ -229,7 +238,8 @@ def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, p
     dataset = datasets()[key]
     return from_disk(dataset, Path(root) / key / slug, manifest(key, method), method, protocol,
                      lambda: blocked_report(method, found.db, found.queries, dataset, protocol,
-                                            ranker=graph_ranker(key, method), progress=_progress))
+                                            ranker=graph_ranker(key, method), progress=_progress),
+                     store=writable())
 
 
 def manifest(key: str, method: Method) -> dict:
@@ -251,7 +261,8 @@ def diffusion_grid(key: str, method: Method, protocol: str, kq: int, gamma: floa
 @st.cache_data(max_entries=16, show_spinner="Computing the (alpha, k) grid of mAP (once; stored in the cache)...")
 def _diffusion_grid(root: str, key: str, slug: str, stamp: int, protocol: str, kq: int, gamma: float) -> dict:
     from cbir.evaluation import stored_diffusion_grid
-    return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma)
+    return stored_diffusion_grid(datasets()[key], entry(key, _descriptor(key, slug)), protocol, kq=kq, gamma=gamma,
+                                 store=writable())
 
 
 def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, compute: bool = False,
@@ -265,7 +276,23 @@ def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, comput
 
     found = entry(key, method)
     name = graph_key(k, gamma, alpha)
+    in_memory = _computed_layouts()
+    remembered = (*_where(key, method), name)
     if not (compute or recompute):
-        return read_layouts(found.db, found.path, name)
-    return computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,
-                    progress=progress, alpha=alpha)
+        return read_layouts(found.db, found.path, name) or in_memory.get(remembered)
+    result = computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,
+                      progress=progress, alpha=alpha, store=writable())
+    if not writable():
+        in_memory[remembered] = result
+    return result
+
+
+@st.cache_resource(show_spinner=False)
+def _computed_layouts() -> dict:
+    """Layouts computed while serving a read-only bundle (they are never written into it)."""
+    return {}
+
+
+def writable() -> bool:
+    """Whether results computed now may be stored in the cache: never into a served bundle."""
+    return bundle_manifest() is None

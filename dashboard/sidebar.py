@@ -95,26 +95,36 @@ def navigation() -> None:
         st.divider()
 
 
-def sources() -> dict[str, Path]:
-    """The caches the user can choose from, in order: their own when it holds data, then the
-    embedded demo. A damaged bundle or demo is reported and left out, never served."""
+def candidate_roots() -> dict[str, Path]:
+    """The user's cache, then the embedded demo if there is one."""
     from cbir.demo import demo_dir
 
-    found = {}
+    candidates = {"cache": state.user_cache_root()}
     demo = demo_dir()
-    candidates = [("cache", state.user_cache_root())]
     if demo is not None and demo.exists() and demo.resolve() != state.user_cache_root().resolve():
-        candidates.append(("demo", demo))
-    for name, root in candidates:
+        candidates["demo"] = demo
+    return candidates
+
+
+def sources() -> tuple[dict[str, Path], bool]:
+    """The caches the user can choose from, in order: their own when it holds data, then the
+    embedded demo; and whether a broken dataset description was found (and named). A
+    damaged bundle or demo is reported and left out, never served."""
+    found, broken = {}, False
+    for name, root in candidate_roots().items():
         try:
             if loaders.datasets_at(root):
                 found[name] = root
+            for problem in loaders.broken_datasets(root):
+                broken = True
+                st.error(f"Skipping a broken dataset description: {problem}. Delete that file and extract "
+                         "again (it is rewritten), or restore it.")
         except BundleError as exc:
             what = "the embedded demo" if name == "demo" else "this bundle"
             st.error(f"Refusing to serve {what}: {exc}. Nothing from it is shown."
                      + (" Rebuild it with `python -m cbir demo --root <Paris6k-250 folder>`, or restore "
                         "it with `git checkout demo/`." if name == "demo" else ""))
-    return found
+    return found, broken
 
 
 def demo_notice() -> str:
@@ -134,7 +144,11 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     st.set_page_config(page_title=f"{title} - cbir", layout="wide")
     navigation()
     st.title(title)
-    found_sources = sources()
+    found_sources, broken = sources()
+    if not found_sources and broken:  # named above; "no descriptors yet" would be false
+        if needs_data:
+            st.stop()
+        return None
     if not found_sources:
         if needs_data:
             explain_no_data()

@@ -16,21 +16,29 @@ import numpy as np
 import streamlit as st
 from PIL import Image, UnidentifiedImageError
 
+from cbir.data import to_rgb
+
 MAX_PIXELS = 40_000_000
 
 
 def read_upload(data: bytes, name: str) -> Image.Image:
-    """The uploaded image as RGB; ValueError naming the file for non-images and oversized images."""
+    """The uploaded image as RGB; ValueError naming the file for non-images and oversized images.
+
+    PIL's messages name the in-memory buffer (`<_io.BytesIO object at 0x...>`); the
+    user sees their file's name instead."""
+    buffer = io.BytesIO(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with Image.open(buffer) as img:
             width, height = img.size
             if width * height > MAX_PIXELS:
                 raise ValueError(f"{name}: {width}x{height} pixels is too large "
                                  f"(at most {MAX_PIXELS // 1_000_000} megapixels)")
             img.load()
-            return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{name}: not a readable image ({exc})") from exc
+            return to_rgb(img, name)
+    except UnidentifiedImageError as exc:
+        raise ValueError(f"{name}: not a readable image (not a JPEG, PNG or WebP file)") from exc
+    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
+        raise ValueError(f"{name}: not a readable image ({str(exc).replace(repr(buffer), name)})") from exc
 
 
 def torch_available() -> bool:
@@ -60,11 +68,15 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"upload{Path(name).suffix.lower()}"
         path.write_bytes(data)
-        if head is not None:
-            return describe_image_with_head(path, method, _backbone(method.backbone, method.weights), head, box)
-        if torchfree.can_describe(method, entry):
-            return torchfree.describe_image(path, method, entry, box, entry_whitening(entry))
-        return describe_image(path, method, _backbone(method.backbone, method.weights), box, entry_whitening(entry))
+        try:
+            if head is not None:
+                return describe_image_with_head(path, method, _backbone(method.backbone, method.weights), head, box)
+            if torchfree.can_describe(method, entry):
+                return torchfree.describe_image(path, method, entry, box, entry_whitening(entry))
+            return describe_image(path, method, _backbone(method.backbone, method.weights), box,
+                                  entry_whitening(entry))
+        except ValueError as exc:
+            raise ValueError(str(exc).replace(str(path), name)) from exc
 
 
 @st.cache_resource(max_entries=2, show_spinner="Loading the backbone...")

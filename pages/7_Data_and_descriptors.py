@@ -103,7 +103,9 @@ with st.form("extract"):
     precision = st.selectbox("Precision", PRECISIONS, help="bf16 is faster and labelled in the method name")
     go_extract = st.form_submit_button("Extract")
 if go_extract and (root := inside_data_root(folder)) is not None:
-    if not poolings:
+    if loaders.bundle_manifest() is not None:
+        st.error(f"{cache_root} is a bundle, served read-only: set CBIR_CACHE_DIR to a cache folder to extract.")
+    elif not poolings:
         st.error("Choose at least one pooling.")
     elif not root.exists():
         st.error(f"{root}: no such folder; download the benchmark first.")

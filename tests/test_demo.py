@@ -171,3 +171,18 @@ def test_an_uploaded_photo_is_ranked_against_the_demo_with_diffusion(paris250):
     assert float(described[0] @ entry.queries[q]) > 0.999
     diffused = rerank(method.with_rerank("diffusion", k=20), entry.db, described)[0]
     assert int(diffused[0]) in set(shared.gnd["original"][q]["ok"].tolist())
+
+
+def test_graph_data_computed_while_serving_the_demo_never_enter_it(tmp_path):
+    """A new FSR rank or neighbour list on a served bundle stays in memory: the bundle stays valid."""
+    from cbir.spectral import stored_spectral_ranker
+
+    copy = tmp_path / "demo"
+    shutil.copytree(DEMO_DIR, copy)
+    _, shared = demo_dataset()
+    entry = load_entry(copy, shared, demo_methods()[3])
+    before = sorted(p.name for p in entry.path.iterdir())
+    ranker = stored_spectral_ranker(entry, k=7, gamma=3.0, rank=30)
+    assert ranker.rank_used == 30
+    assert sorted(p.name for p in entry.path.iterdir()) == before
+    verify_bundle(copy)
