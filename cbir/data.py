@@ -402,7 +402,7 @@ def assemble(name: str, root: Path, files: dict[str, str], candidates: list[str]
     bad = {u["name"] for u in unreadable}
     images = [n for n in candidates if n not in bad]
     index = {n: i for i, n in enumerate(images)}
-    for name, rel in files.items():
+    for rel in files.values():
         try:
             inside(root / rel, root)
         except ValueError as exc:

@@ -88,6 +88,7 @@ def test_paris250_pickle_holds_only_plain_containers(paris250):
 def test_paris_like_layout_is_read_with_good_ok_junk_and_missing(tmp_path):
     root = make_paris_like(tmp_path, distractors=2)
     ds = load_dataset("paris6k", root)
+    assert ds.name == "paris6k" and ds.display_name() == "Paris6k (20 of 26 images)"  # names the cache key
     assert len(ds.images) == 20 and len(ds.queries) == 3
     assert ds.n_images_total == 26 and ds.n_queries_total == 3
     assert ds.missing == sorted(f"paris_{lm}_{i:06d}" for lm in ("defense", "eiffel", "louvre") for i in (6, 7))
