@@ -181,7 +181,7 @@ def test_method_slug_and_label_unchanged_without_a_head():
     assert headed.without_head() == Method(pooling="gem")
     transductive = Method(head="lw", head_transductive=True)
     assert "transductive" in transductive.label() and "transductive" in transductive.slug()
-    assert json.loads(json.dumps(headed.to_dict())) == headed.to_dict()
+    assert Method.from_dict(json.loads(json.dumps(headed.to_dict()))) == headed
     with pytest.raises(ValueError, match="needs a head"):
         Method(head_transductive=True)
 

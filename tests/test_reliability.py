@@ -84,7 +84,7 @@ def test_an_entry_in_another_methods_folder_is_not_used_under_that_name(cache):
     cache_dir, dataset = cache
     key = dataset_key(dataset)
     shutil.copytree(entry_dir(cache_dir, key, RMAC), entry_dir(cache_dir, key, GEM))
-    with pytest.raises(CacheError, match="holds tf_efficientnet_lite0 R-MAC 1024px, not tf_efficientnet_lite0 GEM"):
+    with pytest.raises(CacheError, match="holds Lite0 R-MAC, not Lite0 GeM"):
         load_entry(cache_dir, dataset, GEM)
     assert GEM not in list_entries(cache_dir, key)
 

@@ -25,6 +25,8 @@ def cached(tmp_path):
     db = np.stack([centres[lm] for lm in labels]) + 0.8 * rng.standard_normal((len(labels), 16))
     queries = db[[q.index for q in dataset.queries]] + 0.3 * rng.standard_normal((len(dataset.queries), 16))
     cache = tmp_path / "cache"
+    db /= np.linalg.norm(db, axis=1, keepdims=True)  # descriptors are unit vectors
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
     save_entry(cache, dataset, METHOD, db.astype(np.float32), queries.astype(np.float32))
     return root, cache, dataset
 
