@@ -135,6 +135,7 @@ def extraction_options(args) -> dict:
 
 def cmd_extract(args) -> int:
     from .data import load_dataset
+    from .distractors import distractors_from_args
     from .evaluation import store_overview_reports
     from .extraction import extract
 
@@ -143,10 +144,14 @@ def cmd_extract(args) -> int:
     print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
     for bad in dataset.unreadable:
         print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
+    distractors = distractors_from_args(args)
     options = extraction_options(args)
     progress = options.pop("progress")
     try:
         entries = extract(dataset, methods_from_args(args, args.pooling), cache, progress, **options)
+        if distractors is not None:
+            print(f"{distractors.name}: {distractors.status_line()}", file=sys.stderr)
+            extract(distractors, methods_from_args(args, args.pooling), cache, progress, **options)
     except KeyboardInterrupt:
         print("\ninterrupted: completed chunks are kept in the cache; run the same command to resume",
               file=sys.stderr)
@@ -175,6 +180,7 @@ def load_dataset_fast(name: str, root: Path, cache: Path):
 
 
 def cmd_evaluate(args) -> int:
+    from .distractors import distractors_from_args, evaluate_against
     from .evaluation import blocked_report, store_overview_reports, stored_report
     from .extraction import ensure_descriptors
     from .spectral import stored_ranker
@@ -190,9 +196,15 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--transductive applies to a trained head: pass --head NAME as well")
     method = replace(method, head=args.head or "", head_transductive=args.transductive)
     method = method.with_rerank(args.rerank, **rerank_params(args, len(dataset.images)), qe_n=args.qe_n)
+    distractors = distractors_from_args(args)
     options = extraction_options(args)
     progress = options.pop("progress")
     entry = ensure_descriptors(dataset, method, cache, progress, **options)
+    if distractors is not None:
+        report = evaluate_against(dataset, entry, method, distractors, cache, protocol, args.topk, progress, **options)
+        print_json({"method": method.label(), "method_key": method.to_dict(), "status": dataset.status_line(),
+                    "distractors_status": distractors.status_line(), "cache_entry": str(entry.path), **report})
+        return 0
     report = stored_report(dataset, entry.path, entry.manifest, method, protocol, lambda: blocked_report(
         method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress))
     store_overview_reports(dataset, entry, progress=progress)  # the dashboard then opens on stored results
@@ -378,6 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="compute and cache descriptors (one pass, several poolings)")
     add_dataset_args(p)
     add_method_args(p, many_poolings=True)
+    from .distractors import add_distractor_args
+
+    add_distractor_args(p)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("evaluate", help="evaluate a method, print JSON")
@@ -392,6 +407,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None, help="a head trained with `finetune` (its name)")
     p.add_argument("--transductive", action="store_true",
                    help="allow a head trained on some of these images (the method is labelled transductive)")
+    from .distractors import add_distractor_args
+
+    add_distractor_args(p)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("finetune", help="train a retrieval head on the cached descriptors of a labelled "

@@ -18,6 +18,7 @@ import numpy as np
 from .metrics import check_protocol, compute_map, seed_map_at_k, summarise
 
 DEFAULT_TOPK = 1000
+SEARCH_BLOCK = 100_000  # rows searched at once: 100k x 2048 float32 is 800 MB
 
 
 @dataclass
@@ -54,25 +55,34 @@ def place_ground_truth(ids: np.ndarray, scores: np.ndarray, gnd, n_ranked: int) 
                 np.array([len(g["ok"]) for g in gnd], dtype=np.int64), int(n_ranked))
 
 
-def exact_topk(parts, queries: np.ndarray, k: int = DEFAULT_TOPK) -> tuple[np.ndarray, np.ndarray]:
+def _merged(ids: np.ndarray, scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The k best of candidate lists by descending score, ties to the lower index."""
+    order = np.stack([np.lexsort((i, -s.astype(np.float64))) for i, s in zip(ids, scores)])[:, :k]
+    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def exact_topk(parts, queries: np.ndarray, k: int = DEFAULT_TOPK,
+               block: int = SEARCH_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """Exact inner-product top-k of `queries` over the rows of `parts` stacked in order
-    (e.g. the database, then distractor shards), without stacking them: each part is
-    searched alone and the lists merged. Ties go to the lower index, as in a stable sort."""
+    (e.g. the database, then the distractors), without stacking them: `block` rows at a
+    time are searched (in float32, so float16 parts never exist whole in float32) and
+    the running lists merged. Ties go to the lower index, as in a stable sort."""
     from .ranking import search
 
     queries = np.asarray(queries, np.float32)
-    all_ids, all_scores, offset = [], [], 0
+    ids = np.zeros((len(queries), 0), np.int64)
+    scores = np.zeros((len(queries), 0), np.float32)
+    offset = 0
     for part in parts:
-        if len(part):
-            s, i = search(part, queries, topk=min(k, len(part)))
-            all_ids.append(i + offset)
-            all_scores.append(s)
+        for start in range(0, len(part), block):
+            rows = part[start:start + block]
+            s, i = search(rows, queries, topk=min(k, len(rows)))
+            ids, scores = _merged(np.concatenate([ids, i + offset + start], axis=1),
+                                  np.concatenate([scores, s], axis=1), k)
         offset += len(part)
-    if not all_ids:
+    if offset == 0:
         raise ValueError("cannot rank against an empty database")
-    ids, scores = np.concatenate(all_ids, axis=1), np.concatenate(all_scores, axis=1)
-    order = np.lexsort((ids, -scores.astype(np.float64)), axis=1)[:, :k]
-    return np.take_along_axis(ids, order, axis=1), np.take_along_axis(scores, order, axis=1)
+    return ids, scores
 
 
 def _position_lists(topk: TopK):

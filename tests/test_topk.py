@@ -59,7 +59,7 @@ def test_topk_report_says_truncated_at_k_when_positives_fall_beyond_it():
 
 def test_exact_topk_over_parts_equals_one_search_over_their_stack():
     _, db, queries = benchmark_like()
-    ids, scores = exact_topk([db[:400], db[400:401], db[401:]], queries, k=50)
+    ids, scores = exact_topk([db[:400], db[400:401], db[401:]], queries, k=50, block=256)
     expected_scores, expected_ids = search(db, queries, topk=50)
     np.testing.assert_array_equal(ids, expected_ids)
     np.testing.assert_allclose(scores, expected_scores, rtol=1e-6)
