@@ -83,6 +83,10 @@ def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
                    help="forward precision; bf16 is part of the method name and cache key")
     p.add_argument("--scales", type=scale_list, default=SINGLE_SCALE,
                    help="comma-separated image scales, e.g. 1,0.7071,0.5 (default 1)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where descriptors are computed: this process, or Ray Data (requirements-scale.txt)")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster's address (default: a local Ray)")
+    p.add_argument("--actors", type=int, default=2, help="--engine ray: model actors (one per GPU or CPU share)")
 
 
 def scale_list(text: str) -> tuple[float, ...]:
@@ -126,9 +130,16 @@ def tqdm_progress():
 
 
 def extraction_options(args) -> dict:
+    engine = None
+    if args.engine == "ray":
+        from .distributed import RayEngine
+
+        engine = RayEngine(args.address, args.actors, args.threads)
+    elif args.address is not None:
+        raise ValueError("--address applies to --engine ray")
     return {"progress": tqdm_progress(), "device": args.device, "workers": args.workers,
             "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file,
-            "runtime": args.runtime}
+            "runtime": args.runtime, "engine": engine}
 
 
 # --- extract -------------------------------------------------------------------
@@ -140,13 +151,13 @@ def cmd_extract(args) -> int:
     from .extraction import extract
 
     cache = args.cache or default_cache_dir()
+    options = extraction_options(args)  # refuses a missing engine before the dataset is read
+    progress = options.pop("progress")
+    distractors = distractors_from_args(args)
     dataset = load_dataset(args.dataset, args.root)
     print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
     for bad in dataset.unreadable:
         print(f"warning: skipped unreadable image {bad.get('name')}: {bad.get('error')}", file=sys.stderr)
-    distractors = distractors_from_args(args)
-    options = extraction_options(args)
-    progress = options.pop("progress")
     try:
         entries = extract(dataset, methods_from_args(args, args.pooling), cache, progress, **options)
         if distractors is not None:
