@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 
 import numpy as np
@@ -67,6 +69,26 @@ def test_a_stopped_ray_job_resumes_from_its_shards(ray_engine, folder, tmp_path)
     assert len(list(cache.glob("*/.partial/*/chunk-*.npz"))) == 2
     got = extract(folder, METHODS, cache, runtime="torch", threads=1, chunk_size=CHUNK, engine=ray_engine)
     assert got[METHODS[0]].manifest["resumed_items"] == 2 * CHUNK
+    assert_same_entries(expected, got)
+
+
+def test_a_killed_model_actor_is_restarted_and_the_result_unchanged(ray_engine, folder, tmp_path):
+    from ray._private import state  # the actors' process ids (the public state API needs the dashboard)
+
+    killed = []
+
+    def kill_an_actor(done, total, stage):
+        if done and not killed:
+            alive = [a["Pid"] for a in state.actors().values()
+                     if a["State"] == "ALIVE" and "ChunkActor" in a.get("ActorClassName", "")]
+            if alive:
+                os.kill(alive[0], signal.SIGKILL)
+                killed.append(alive[0])
+
+    got = extract(folder, METHODS, tmp_path / "ray", kill_an_actor, runtime="torch", threads=1, chunk_size=1,
+                  engine=ray_engine)
+    assert killed
+    expected = extract(folder, METHODS, tmp_path / "local", runtime="torch", threads=1, workers=0, chunk_size=1)
     assert_same_entries(expected, got)
 
 
