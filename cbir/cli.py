@@ -388,7 +388,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="download a benchmark into ROOT")
-    p.add_argument("name", choices=("paris6k", "rparis6k", "oxford5k", "roxford5k"))
+    p.add_argument("name", choices=("paris6k", "rparis6k", "oxford5k", "roxford5k", "revisitop1m"))
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--base-url", help="fetch every file as BASE_URL/<file name> (a mirror); "
                    "default: $CBIR_DOWNLOAD_BASE, else the official hosts")

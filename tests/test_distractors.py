@@ -15,6 +15,7 @@ from cbir.method import Method
 from cbir.metrics import compute_map, seed_map_at_k
 from cbir.topk import load_topk
 from synthetic import clustered_unit_vectors, landmark_image, make_revisited_like, write_jpeg
+from test_download import server, tgz  # noqa: F401  (the fixture)
 
 METHOD = Method(pooling="gem", size=64, weights="random")
 
@@ -146,3 +147,19 @@ def test_extract_cli_describes_the_distractors_as_the_database(capsys, revisited
     code, out = evaluate(capsys, dataset, r1m_root, cache)
     reference, _, _ = brute_force(entry.db, distractor_entry.db, entry.queries, dataset.gnd["medium"])
     assert code == 0 and json.loads(out.out)["mAP"] == pytest.approx(reference["map"])
+
+
+def test_download_installs_the_layout_distractor_dataset_reads(server, tmp_path):
+    from cbir.download import R1M_ARCHIVES, download
+
+    source = write_distractors(tmp_path / "src", n=R1M_ARCHIVES)
+    names = (source / "revisitop1m.txt").read_text().split()
+    server.files["revisitop1m.txt"] = (source / "revisitop1m.txt").read_bytes()
+    for n, name in enumerate(names, 1):  # one image per archive
+        server.files[f"revisitop1m.{n}.tar.gz"] = tgz({f"{name}.jpg": (source / "jpg" / f"{name}.jpg").read_bytes()})
+    root = tmp_path / "r1m"
+    report = download("revisitop1m", root, base_url=server.url, progressbar=False)
+    assert len(report) == R1M_ARCHIVES + 1 and set(report.values()) == {"installed"}
+    distractors = distractor_dataset(root)
+    assert len(distractors.images) == R1M_ARCHIVES and not distractors.missing
+    assert set(download("revisitop1m", root, base_url=server.url, progressbar=False).values()) == {"already installed"}
