@@ -403,7 +403,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_method_args(p, many_poolings=True)
     from .distractors import add_distractor_args
 
-    add_distractor_args(p)
+    add_distractor_args(p, evaluates=False)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("evaluate", help="evaluate a method, print JSON")
@@ -420,7 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="allow a head trained on some of these images (the method is labelled transductive)")
     from .distractors import add_distractor_args
 
-    add_distractor_args(p)
+    add_distractor_args(p, evaluates=True)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("finetune", help="train a retrieval head on the cached descriptors of a labelled "

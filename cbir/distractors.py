@@ -96,14 +96,15 @@ def distractor_report(db: np.ndarray, distractor_db: np.ndarray, queries: np.nda
     return report, topk
 
 
-def add_distractor_args(p) -> None:
-    """`--distractors NAME --distractors-root DIR [--topk K]` of `extract` and `evaluate`."""
+def add_distractor_args(p, evaluates: bool) -> None:
+    """`--distractors NAME --distractors-root DIR` of `extract`, and `--topk K` of `evaluate`."""
     p.add_argument("--distractors", choices=sorted(DISTRACTOR_SETS), default=None,
                    help="add a distractor set to the database (ground truth unchanged)")
     p.add_argument("--distractors-root", type=Path, default=None,
                    help=f"its folder ({', '.join(s.list_file for s in DISTRACTOR_SETS.values())} and the images)")
-    p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
-                   help="with distractors: each query's stored list length (>= 1000 for the reported figures)")
+    if evaluates:
+        p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
+                       help="with distractors: the length of each query's stored list")
 
 
 def distractors_from_args(args) -> Dataset | None:
@@ -117,7 +118,7 @@ def distractors_from_args(args) -> Dataset | None:
     if getattr(args, "rerank", "none") != "none":
         raise ValueError(f"--rerank {args.rerank} with distractors is not supported yet: only exact search "
                          "(--rerank none) is evaluated against distractors")
-    if args.topk < 1:
+    if getattr(args, "topk", DEFAULT_TOPK) < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
     return distractor_dataset(args.distractors_root, args.distractors)
 

@@ -10,6 +10,7 @@ says "truncated at K" and how many queries it affects.
 """
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -125,7 +126,6 @@ def topk_report(topk: TopK, dataset, protocol: str, name: str | None = None) -> 
 def save_topk(path: Path, topk: TopK) -> None:
     """One .npz; the ragged rank lists are stored flat with offsets."""
     from .cache import atomic_write_bytes
-    import io
 
     def flat(lists):
         return (np.concatenate([np.asarray(r, np.int64) for r in lists] or [np.zeros(0, np.int64)]),
