@@ -77,7 +77,8 @@ def compute_regions(dataset: Dataset, method: Method, cache_root: Path, progress
     import torch
 
     from .backbones import load_backbone
-    from .extraction import RMAC_LEVELS, _pass_items, image_tensor, load_image
+    from .batching import pass_items
+    from .extraction import RMAC_LEVELS, image_tensor, load_image
     from .pooling import regional_macs
 
     base = method.without_head().descriptor_key()
@@ -86,7 +87,8 @@ def compute_regions(dataset: Dataset, method: Method, cache_root: Path, progress
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(base.backbone, base.weights, weights_file)
     model = backbone.model.to(device).eval()
-    items = _pass_items(dataset)
+    distinct, rows = pass_items(dataset)
+    items = [distinct[r] for r in rows]  # one per database image, then one per query
     stage = f"{base.backbone} {base.size}px: all R-MAC regions"
     found, started = [], time.perf_counter()
     with torch.inference_mode():
