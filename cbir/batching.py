@@ -54,3 +54,9 @@ def pass_items(dataset) -> tuple[list[tuple[str, tuple | None]], list[int]]:
             items.append(item)
         rows.append(seen[item])
     return items, rows
+
+
+def row_items(dataset) -> list[tuple[str, tuple | None]]:
+    """The (path, box) of every output row, database then queries (a repeated image repeated)."""
+    items, rows = pass_items(dataset)
+    return [items[r] for r in rows]

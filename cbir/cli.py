@@ -84,6 +84,10 @@ def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
                    help="forward precision; bf16 is part of the method name and cache key")
     p.add_argument("--scales", type=scale_list, default=SINGLE_SCALE,
                    help="comma-separated image scales, e.g. 1,0.7071,0.5 (default 1)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="where descriptors are computed: this process, or Ray Data (requirements-scale.txt)")
+    p.add_argument("--address", default=None, help="--engine ray: the cluster's address (default: a local Ray)")
+    p.add_argument("--actors", type=int, default=2, help="--engine ray: model actors (one per GPU or CPU share)")
 
 
 def scale_list(text: str) -> tuple[float, ...]:
@@ -127,9 +131,16 @@ def tqdm_progress():
 
 
 def extraction_options(args) -> dict:
+    engine = None
+    if args.engine == "ray":
+        from .distributed import RayEngine
+
+        engine = RayEngine(args.address, args.actors, args.threads)
+    elif args.address is not None:
+        raise ValueError("--address applies to --engine ray")
     return {"progress": tqdm_progress(), "device": args.device, "workers": args.workers,
             "threads": args.threads, "dtype": args.dtype, "weights_file": args.weights_file,
-            "runtime": args.runtime}
+            "runtime": args.runtime, "engine": engine}
 
 
 def warn_skipped(dataset) -> None:
@@ -146,17 +157,22 @@ def warn_skipped(dataset) -> None:
 
 def cmd_extract(args) -> int:
     from .data import load_dataset
+    from .distractors import distractors_from_args
     from .evaluation import store_overview_reports
     from .extraction import extract
 
     cache = args.cache or default_cache_dir()
+    options = extraction_options(args)  # refuses a missing engine before the dataset is read
+    progress = options.pop("progress")
+    distractors = distractors_from_args(args)
     dataset = load_dataset(args.dataset, args.root)
     print(f"{dataset.name}: {dataset.status_line()}", file=sys.stderr)
     warn_skipped(dataset)
-    options = extraction_options(args)
-    progress = options.pop("progress")
     try:
         entries = extract(dataset, methods_from_args(args, args.pooling), cache, progress, **options)
+        if distractors is not None:
+            print(f"{distractors.name}: {distractors.status_line()}", file=sys.stderr)
+            extract(distractors, methods_from_args(args, args.pooling), cache, progress, **options)
     except KeyboardInterrupt:
         print("\ninterrupted: completed chunks are kept in the cache; run the same command to resume",
               file=sys.stderr)
@@ -185,6 +201,7 @@ def load_dataset_fast(name: str, root: Path, cache: Path):
 
 
 def cmd_evaluate(args) -> int:
+    from .distractors import distractors_from_args, evaluate_against
     from .evaluation import blocked_report, store_overview_reports, stored_report
     from .extraction import ensure_descriptors
     from .spectral import stored_ranker
@@ -201,9 +218,15 @@ def cmd_evaluate(args) -> int:
         raise ValueError("--transductive applies to a trained head: pass --head NAME as well")
     method = replace(method, head=args.head or "", head_transductive=args.transductive)
     method = method.with_rerank(args.rerank, **rerank_params(args, len(dataset.images)), qe_n=args.qe_n)
+    distractors = distractors_from_args(args)
     options = extraction_options(args)
     progress = options.pop("progress")
     entry = ensure_descriptors(dataset, method, cache, progress, **options)
+    if distractors is not None:
+        report = evaluate_against(dataset, entry, method, distractors, cache, protocol, args.topk, progress, **options)
+        print_json({"method": method.label(), "method_key": method.to_dict(), "status": dataset.status_line(),
+                    "distractors_status": distractors.status_line(), "cache_entry": str(entry.path), **report})
+        return 0
     report = stored_report(dataset, entry.path, entry.manifest, method, protocol, lambda: blocked_report(
         method, entry.db, entry.queries, dataset, protocol, ranker=stored_ranker(entry, method), progress=progress))
     store_overview_reports(dataset, entry, progress=progress)  # the dashboard then opens on stored results
@@ -377,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", help="download a benchmark into ROOT")
-    p.add_argument("name", choices=("paris6k", "rparis6k", "oxford5k", "roxford5k"))
+    p.add_argument("name", choices=("paris6k", "rparis6k", "oxford5k", "roxford5k", "revisitop1m"))
     p.add_argument("--root", required=True, type=Path)
     p.add_argument("--base-url", help="fetch every file as BASE_URL/<file name> (a mirror); "
                    "default: $CBIR_DOWNLOAD_BASE, else the official hosts")
@@ -390,6 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("extract", help="compute and cache descriptors (one pass, several poolings)")
     add_dataset_args(p)
     add_method_args(p, many_poolings=True)
+    from .distractors import add_distractor_args
+
+    add_distractor_args(p, evaluates=False)
     p.set_defaults(func=cmd_extract)
 
     p = sub.add_parser("evaluate", help="evaluate a method, print JSON")
@@ -404,6 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--head", default=None, help="a head trained with `finetune` (its name)")
     p.add_argument("--transductive", action="store_true",
                    help="allow a head trained on some of these images (the method is labelled transductive)")
+    from .distractors import add_distractor_args
+
+    add_distractor_args(p, evaluates=True)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("finetune", help="train a retrieval head on the cached descriptors of a labelled "

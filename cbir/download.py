@@ -30,6 +30,8 @@ PARIS = "https://www.robots.ox.ac.uk/~vgg/data/parisbuildings/"
 OXFORD = "https://www.robots.ox.ac.uk/~vgg/data/oxbuildings/"
 CNNIR = "http://cmp.felk.cvut.cz/cnnimageretrieval/data/test/"
 REVISITOP = "http://cmp.felk.cvut.cz/revisitop/data/datasets/"
+R1M = "http://ptak.felk.cvut.cz/revisitop/revisitop1m/"
+R1M_ARCHIVES = 100
 BASE_ENV = "CBIR_DOWNLOAD_BASE"
 WORKDIR = ".cbir-download"
 
@@ -60,6 +62,9 @@ ASSETS = {
                                  Asset(CNNIR + "oxford5k/gnd_oxford5k.pkl", "gnd_oxford5k.pkl")],
     "roxford5k": OXFORD_IMAGES + [Asset(REVISITOP + "roxford5k/gnd_roxford5k.pkl", "gnd_roxford5k.pkl")],
 }
+# revisitop's 1M distractors (`cbir.distractors`): the image list, then 100 archives into jpg/.
+ASSETS["revisitop1m"] = [Asset(R1M + "revisitop1m.txt", "revisitop1m.txt")] + [
+    Asset(f"{R1M}jpg/revisitop1m.{n}.tar.gz", "jpg") for n in range(1, R1M_ARCHIVES + 1)]
 
 
 class ResumableDownloader:
@@ -201,7 +206,8 @@ def install(asset: Asset, file: Path, root: Path, url: str) -> None:
 
 
 def download(name: str, root: Path, base_url: str | None = None, progressbar: bool = True) -> dict:
-    """Fetch and install benchmark `name` (paris6k, rparis6k, oxford5k, roxford5k) under `root`.
+    """Fetch and install benchmark `name` (paris6k, rparis6k, oxford5k, roxford5k, or the
+    distractors revisitop1m) under `root`.
 
     `base_url` (or the CBIR_DOWNLOAD_BASE environment variable) replaces the official hosts:
     every file is then fetched as `<base>/<file name>`. Re-running skips finished files and

@@ -245,11 +245,13 @@ def _versions() -> dict:
 
 def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, device, *, forward,
               progress: Progress | None, cancel, workers: int, chunk_size: int,
-              batch_pixels: int) -> tuple[dict, dict, PartialRun]:
+              batch_pixels: int, engine=None) -> tuple[dict, dict, PartialRun]:
     """Compute every head for every image and query: (arrays by head slug, run info, its partial run).
 
     `forward` is the runtime's (see `cbir.runtime`); equal-size images share a batch
-    (`cbir.batching`). The caller removes the partial run once the entries are written."""
+    (`cbir.batching`). `engine` (e.g. `cbir.distributed.RayEngine`) computes the missing
+    chunks elsewhere instead, writing them to the same partial run. The caller removes the
+    partial run once the entries are written."""
     import torch
 
     from .batching import SizeBatcher, pass_items
@@ -288,15 +290,25 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     if progress:
         progress(resumed, n, stage)
 
-    if todo:
+    if todo and engine is not None:
+        engine(run, items, sorted({i // chunk_size for i in todo}), heads=heads, region_quota=quota, n_db=n_db,
+               progress=progress, stage=stage, resumed=resumed, total=n)
+        chunks = {c: run.load_chunk(c) for c in range(n_chunks)}
+        incomplete = [c for c in range(n_chunks) if not valid(c, chunks[c])]
+        if incomplete:
+            raise RuntimeError(f"the {engine.name} engine left chunks {incomplete[:5]} of {run.directory} "
+                               "incomplete; run the same command to resume")
+    elif todo:
+        from .chunks import ChunkDescriber
+
         loader = torch.utils.data.DataLoader(
             PassItems(items, todo, heads[0].method.size),
             batch_size=None, shuffle=False, num_workers=workers,
             worker_init_fn=_init_worker if workers else None,
             prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
-        done, current, started = resumed, {}, time.perf_counter()
-        batcher = SizeBatcher(batch_pixels)
-        poolers = [(h.method.pooling, lambda fmap, h=h: _pool_head(fmap, h)) for h in heads]
+        done, started = resumed, time.perf_counter()
+        describer = ChunkDescriber(heads, backbone, forward, device, batch_pixels=batch_pixels,
+                                   region_quota=quota, n_db=n_db)
         with torch.inference_mode():
             for index, tensor, error in loader:
                 if error:
@@ -304,26 +316,13 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
                                        "on disk: reload it (unreadable images are skipped at load time)")
                 c = index // chunk_size
                 last = index == chunk_range(c)[-1]
-                for indices, batch in batcher.add(index, tensor) + (batcher.flush() if last else []):
-                    x = normalise(batch.to(device, non_blocking=True), backbone.mean, backbone.std)
-                    descs, fmap = describe_scales(x, heads[0].method.scales, forward, poolers)
-                    descs = [d.float().cpu().numpy() for d in descs]
-                    for b, i in enumerate(indices):
-                        current[i] = ([d[b] for d in descs], _region_sample(fmap[b:b + 1], i, quota)
-                                      if stores_regions and i < n_db else None)
-                    done += len(indices)
-                    if progress:
-                        progress(done, n, stage)
+                done += describer.add(index, tensor, last)
+                if progress:
+                    progress(done, n, stage)
                 if last:
-                    arrays = {f"d{j}": np.stack([current[i][0][j] for i in chunk_range(c)])
-                              for j in range(len(heads))}
-                    if stores_regions:
-                        found = [current[i][1] for i in chunk_range(c) if current[i][1] is not None]
-                        arrays["regions"] = (np.concatenate(found) if found
-                                             else np.zeros((0, backbone.channels), np.float32))
-                    run.save_chunk(c, arrays, time.perf_counter() - started)
-                    chunks[c] = arrays
-                    current, started = {}, time.perf_counter()
+                    chunks[c] = describer.chunk_arrays(chunk_range(c))
+                    run.save_chunk(c, chunks[c], time.perf_counter() - started)
+                    started = time.perf_counter()
                 if cancel is not None and cancel.is_set():
                     raise ExtractionCancelled(f"extraction cancelled after {done} of {n} images; "
                                               "completed chunks are kept and the next run resumes")
@@ -458,7 +457,7 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
             device=None, workers: int | None = None, *, dtype: str = "float32",
             weights_file: Path | None = None, cancel=None, chunk_size: int = CHUNK_SIZE,
             threads: int | None = None, runtime: str | None = None,
-            batch_pixels: int = BATCH_PIXELS) -> dict[Method, Entry]:
+            batch_pixels: int = BATCH_PIXELS, engine=None) -> dict[Method, Entry]:
     """Compute, cache and return the descriptors of `methods` on `dataset` (recomputing them).
 
     Methods sharing backbone, weights and size share one forward pass. A whitened
@@ -470,6 +469,7 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
     next call resumes from them. Images that resize to the same height and width share
     a batch of at most `batch_pixels` input pixels (never cropped or distorted to batch).
     `runtime` runs the forward (`cbir.runtime`; default: OpenVINO on a CPU when installed).
+    `engine` (`cbir.distributed.RayEngine`) computes the chunks on Ray instead of here.
     """
     if dtype not in DTYPES:
         raise ValueError(f"unknown storage dtype {dtype!r}; choose one of {DTYPES}")
@@ -488,12 +488,12 @@ def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress:
         entries |= _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file,
                                   progress=progress, device=device, workers=workers, dtype=dtype,
                                   cancel=cancel, chunk_size=chunk_size, threads=threads, runtime=runtime,
-                                  batch_pixels=batch_pixels)
+                                  batch_pixels=batch_pixels, engine=engine)
     return {m: entries[key] for m, key in wanted.items()}
 
 
 def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_file, *, progress, device,
-                   workers, dtype, cancel, chunk_size, threads, runtime, batch_pixels) -> dict[Method, Entry]:
+                   workers, dtype, cancel, chunk_size, threads, runtime, batch_pixels, engine) -> dict[Method, Entry]:
     import torch
 
     from .runtime import check_runtime, default_runtime, make_forward
@@ -562,7 +562,12 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
         with torch_threads(n_threads):
             outputs, info, run = _run_pass(dataset, heads, get_backbone(), cache_root, device,
                                            forward=get_runner(n_threads), progress=progress, cancel=cancel,
-                                           workers=workers, chunk_size=chunk_size, batch_pixels=batch_pixels)
+                                           workers=workers, chunk_size=chunk_size, batch_pixels=batch_pixels,
+                                           engine=engine and engine.for_group(
+                                               backbone_name=backbone_name, weights=weights,
+                                               weights_file=weights_file, runtime=runtime, device=device.type,
+                                               cache_root=cache_root, chunk_size=chunk_size,
+                                               batch_pixels=batch_pixels))
         save(heads, outputs, info, run, whitenings)
 
     plain = [m for m in group if m.whitening == "none"]

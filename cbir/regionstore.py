@@ -77,7 +77,7 @@ def compute_regions(dataset: Dataset, method: Method, cache_root: Path, progress
     import torch
 
     from .backbones import load_backbone
-    from .batching import pass_items
+    from .batching import row_items
     from .extraction import RMAC_LEVELS, image_tensor, load_image
     from .pooling import regional_macs
 
@@ -87,8 +87,7 @@ def compute_regions(dataset: Dataset, method: Method, cache_root: Path, progress
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     backbone = load_backbone(base.backbone, base.weights, weights_file)
     model = backbone.model.to(device).eval()
-    distinct, rows = pass_items(dataset)
-    items = [distinct[r] for r in rows]  # one per output row: database, then queries
+    items = row_items(dataset)
     stage = f"{base.backbone} {base.size}px: all R-MAC regions"
     found, started = [], time.perf_counter()
     with torch.inference_mode():

@@ -108,7 +108,7 @@ def train_unfrozen(dataset: Dataset, method: Method, options, *, checkpoint=None
 
 def describe_dataset(dataset: Dataset, method: Method, head, weights_file=None, progress=None):
     """(db, queries) descriptors of `dataset` through the tuned last stage and the head."""
-    from .batching import pass_items
+    from .batching import row_items
     from .heads import build_net, TrainOptions
 
     backbone, frozen, last = _backbone(method.without_head().descriptor_key(), weights_file)
@@ -117,8 +117,7 @@ def describe_dataset(dataset: Dataset, method: Method, head, weights_file=None, 
                     head.manifest["dim_in"], None)
     model = StageAndHead(last, net, method.pooling)
     model.load_state_dict({k: torch.from_numpy(v) for k, v in head.params.items()})
-    distinct, rows = pass_items(dataset)
-    items = [distinct[r] for r in rows]  # one per output row: database, then queries
+    items = row_items(dataset)
     out = []
     with torch.no_grad():
         for done, (path, bbox) in enumerate(items):
