@@ -191,3 +191,19 @@ def clustered_unit_vectors(n: int, dim: int, clusters: int, noise: float, seed: 
     labels = rng.integers(0, clusters, n)
     x = centres[labels] + noise * rng.standard_normal((n, dim))
     return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32), labels
+
+
+def record_model_inputs(monkeypatch) -> list[tuple[int, ...]]:
+    """Shapes of every tensor the backbone's model receives during extraction."""
+    import cbir.backbones
+
+    shapes = []
+    original = cbir.backbones.load_backbone
+
+    def recording(*args, **kwargs):
+        backbone = original(*args, **kwargs)
+        backbone.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
+        return backbone
+
+    monkeypatch.setattr(cbir.backbones, "load_backbone", recording)
+    return shapes

@@ -24,7 +24,7 @@ from cbir.data import Dataset, Query, load_dataset  # noqa: E402
 from cbir.extraction import (REGIONS_FILE, ExtractionCancelled, ensure_descriptors, entry_whitening,  # noqa: E402
                              extract, image_tensor, load_image)
 from cbir.method import Method  # noqa: E402
-from synthetic import make_paris_like, truncate_file, write_jpeg  # noqa: E402
+from synthetic import make_paris_like, record_model_inputs, truncate_file, write_jpeg  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = 64
@@ -50,20 +50,6 @@ def gradient_image(width: int, height: int) -> Image.Image:
     x = np.linspace(0, 255, width, dtype=np.float32)[None, :, None]
     y = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
     return Image.fromarray(np.broadcast_to((x + y) / 2, (height, width, 3)).astype(np.uint8))
-
-
-def record_model_inputs(monkeypatch) -> list[tuple[int, ...]]:
-    """Shapes of every tensor the backbone's model receives during extraction."""
-    shapes = []
-    original = cbir.backbones.load_backbone
-
-    def recording(*args, **kwargs):
-        backbone = original(*args, **kwargs)
-        backbone.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
-        return backbone
-
-    monkeypatch.setattr(cbir.backbones, "load_backbone", recording)
-    return shapes
 
 
 # --- what the model sees --------------------------------------------------------------

@@ -16,7 +16,7 @@ from cbir.method import POOLINGS, Method  # noqa: E402
 from cbir.multiscale import describe_scales  # noqa: E402
 from cbir.pooling import l2n, pool  # noqa: E402
 from cbir.runtime import OpenVINOForward, TorchForward, check_runtime, default_runtime  # noqa: E402
-from synthetic import landmark_image, make_class_folder, write_jpeg  # noqa: E402
+from synthetic import landmark_image, make_class_folder, record_model_inputs, write_jpeg  # noqa: E402
 
 needs_openvino = pytest.mark.skipif(default_runtime("cpu") != "openvino",
                                     reason="openvino is not installed (pip install -r requirements-extract.txt)")
@@ -123,24 +123,11 @@ def test_bf16_extraction_is_a_separate_entry_close_to_fp32(aspect_ratios, tmp_pa
 
 # --- batching and no repeated work -----------------------------------------------------
 
-def record_batches(monkeypatch) -> list[tuple[int, ...]]:
-    shapes = []
-    original = cbir.backbones.load_backbone
-
-    def recording(*args, **kwargs):
-        backbone = original(*args, **kwargs)
-        backbone.model.register_forward_pre_hook(lambda module, inputs: shapes.append(tuple(inputs[0].shape)))
-        return backbone
-
-    monkeypatch.setattr(cbir.backbones, "load_backbone", recording)
-    return shapes
-
-
 def test_batches_give_the_descriptors_of_batch_one(tmp_path, monkeypatch):
     root = make_class_folder(tmp_path / "small", per_class=5, size=(64, 48))
     dataset = load_dataset("folder", root)
     methods = [Method(backbone="tf_efficientnet_lite0", pooling=p, size=64, weights="random") for p in POOLINGS]
-    shapes = record_batches(monkeypatch)
+    shapes = record_model_inputs(monkeypatch)
     batched = run(dataset, methods, tmp_path / "batched")
     assert max(s[0] for s in shapes) == len(dataset.images)  # one batch of the 15 equal-size images
     shapes.clear()
@@ -153,7 +140,7 @@ def test_batches_give_the_descriptors_of_batch_one(tmp_path, monkeypatch):
 
 def test_batches_respect_the_memory_bound(tmp_path, monkeypatch):
     root = make_class_folder(tmp_path / "small", per_class=5, size=(64, 48))
-    shapes = record_batches(monkeypatch)
+    shapes = record_model_inputs(monkeypatch)
     run(load_dataset("folder", root), [Method(pooling="mac", size=64, weights="random")], tmp_path / "c",
         batch_pixels=4 * 64 * 48)
     assert max(s[0] for s in shapes) == 4 and sum(s[0] for s in shapes) == 15
@@ -162,7 +149,7 @@ def test_batches_respect_the_memory_bound(tmp_path, monkeypatch):
 def test_folder_whose_queries_are_its_images_runs_the_model_once_per_image(tmp_path, monkeypatch):
     dataset = load_dataset("folder", make_class_folder(tmp_path / "coil", per_class=4))
     assert len(dataset.queries) == len(dataset.images)
-    shapes = record_batches(monkeypatch)
+    shapes = record_model_inputs(monkeypatch)
     entry = run(dataset, [Method(pooling="spoc", size=64, weights="random")], tmp_path / "c")[
         Method(pooling="spoc", size=64, weights="random")]
     assert sum(s[0] for s in shapes) == len(dataset.images)
@@ -172,7 +159,7 @@ def test_folder_whose_queries_are_its_images_runs_the_model_once_per_image(tmp_p
 
 def test_cold_evaluate_of_one_pooling_caches_all_four_in_that_pass(tmp_path, monkeypatch):
     dataset = load_dataset("folder", make_class_folder(tmp_path / "f", per_class=3))
-    shapes = record_batches(monkeypatch)
+    shapes = record_model_inputs(monkeypatch)
     method = Method(pooling="gem", size=64, weights="random").with_rerank("diffusion")
     ensure_descriptors(dataset, method, tmp_path / "c", workers=0, threads=1, runtime="torch")
     assert sum(s[0] for s in shapes) == len(dataset.images)
