@@ -34,7 +34,6 @@ if table.empty:
     st.stop()
 
 best = table.iloc[0]
-base = table[(table["backbone"] == best["backbone"]) & (table["re-ranking"] == "none")]
 runner = table[table["method"] != best["method"]]
 st.markdown(f"**{best['method']}** leads with mAP **{best['mAP']:.2f}**"
             + (f", {best['mAP'] - runner.iloc[0]['mAP']:.2f} points ahead of {runner.iloc[0]['method']}"

@@ -42,23 +42,16 @@ def build_demo(root: Path, out: Path, cache: Path, progress=None) -> dict:
     Refuses a folder that is not that subset, and a result over 25 MB (it is committed).
     """
     from .bundle import build_bundle
-    from .cache import CacheError, load_entry
     from .data import load_dataset
-    from .extraction import extract
+    from .extraction import ensure_descriptors
 
     dataset = load_dataset("paris6k", root)
     if len(dataset.images) != 250 or len(dataset.queries) != 12:
         raise ValueError(f"{root}: {dataset.status_line()}; the demo is built from the Paris6k-250 "
                          "subset (250 images, 12 queries)")
     methods = demo_methods()
-    missing = []
-    for method in methods:
-        try:
-            load_entry(cache, dataset, method)
-        except CacheError:
-            missing.append(method)
-    if missing:
-        extract(dataset, missing, cache, progress)
+    for method in methods:  # the first of a backbone extracts its four poolings in one pass
+        ensure_descriptors(dataset, method, cache, progress)
     # No converted models: three of them would exceed the 25 MB; an upload is described with torch.
     manifest = build_bundle(cache, dataset, methods, out, reduce="float16", thumb_size=256, progress=progress,
                             models=False)

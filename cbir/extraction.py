@@ -254,8 +254,7 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     partial run once the entries are written."""
     import torch
 
-    from .batching import SizeBatcher, pass_items
-    from .multiscale import describe_scales
+    from .batching import pass_items
 
     items, rows = pass_items(dataset)
     n_db, n = len(dataset.images), len(items)

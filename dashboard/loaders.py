@@ -183,7 +183,11 @@ def image_ranks(key: str, method: Method, index: int) -> np.ndarray:
 
 def query_ranks(key: str, method: Method, q: int) -> np.ndarray:
     """Full ranking of the database for query `q` alone: a page showing one query never ranks
-    all of them (thousands, when every image of a folder is a query)."""
+    all of them (thousands, when every image of a folder is a query). k-reciprocal re-ranks
+    over all queries together, so its query ranking is that row of the all-query ranking
+    (the one its reported AP comes from)."""
+    if method.rerank == "kreciprocal":
+        return ranks(key, method)[q]
     return _one_ranking(*_where(key, method), method, "queries", q)
 
 

@@ -569,3 +569,16 @@ def test_uploaded_image_through_a_head_gets_the_descriptor_the_cache_has_for_it(
         described = upload.describe(data, query.path, box, method, entry)
         np.testing.assert_allclose(described[0], entry.queries[2], atol=1e-5)
         assert not np.allclose(entry.queries[2], ensure_descriptors(dataset, base, tmp_path / "cache").queries[2])
+
+
+def test_explorer_ap_of_a_kreciprocal_query_is_its_ap_in_the_report(site):
+    """k-reciprocal re-ranks all queries together: the explorer shows the query's row of that
+    ranking, so its AP is the one the Overview and Curves average."""
+    from cbir.evaluation import overview_methods
+
+    _, cache_dir, dataset = site
+    method = next(m for m in overview_methods(METHODS[1], len(dataset.images)) if m.rerank == "kreciprocal")
+    at = app(PAGES[0], query=dataset.queries[3].name, methods=[f"{METHODS[1].slug()}+kreciprocal"])
+    no_exception(at)
+    report = evaluation_report(ranking(dataset, cache_dir, method), dataset, "original")
+    assert at.metric[0].value == f"{100 * report['per_query'][3]['ap']:.2f}"
