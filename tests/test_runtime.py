@@ -245,8 +245,8 @@ bundle = Path(sys.argv[1])
 dataset = next(iter(list_datasets(bundle).values()))
 query = dataset.queries[2]
 for pooling in ("rmac", "gem"):
-    for whitening in ("none", "pca-partial"):
-        method = Method(pooling=pooling, size=64, whitening=whitening)
+    for whitening, scales in (("none", (1.0,)), ("pca-partial", (1.0,)), ("none", (1.0, 0.7071, 0.5))):
+        method = Method(pooling=pooling, size=64, whitening=whitening, scales=scales)
         entry = load_entry(bundle, dataset, method)
         assert torchfree.can_describe(method, entry)
         got = torchfree.describe_image(Path(sys.argv[2]) / query.path, method, entry, query.bbox,
@@ -267,12 +267,14 @@ def test_bundle_carries_the_converted_model_and_an_upload_is_described_without_t
 
     dataset = make_dataset(tmp_path / "data")
     methods = [Method(pooling="rmac", size=64), Method(pooling="gem", size=64)]
+    multiscale = [replace(m, scales=(1.0, 0.7071, 0.5)) for m in methods]
     cache = tmp_path / "cache"
     run(dataset, methods, cache, runtime="openvino")
+    run(dataset, multiscale, cache, runtime="openvino")
     run(dataset, [replace(m, whitening="pca-partial") for m in methods], cache, runtime="openvino")
     out = tmp_path / "bundle"
-    build_bundle(cache, dataset, methods + [replace(m, whitening="pca-partial") for m in methods], out,
-                 layouts=False, grid_protocols=())
+    build_bundle(cache, dataset, methods + multiscale + [replace(m, whitening="pca-partial") for m in methods],
+                 out, layouts=False, grid_protocols=())
     assert any(name.startswith(".models/") and name.endswith(".bin") for name in verify_bundle(out)["files"])
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, "-c", TORCHLESS_UPLOAD, str(out), dataset.root], cwd=root,
@@ -280,4 +282,18 @@ def test_bundle_carries_the_converted_model_and_an_upload_is_described_without_t
                           env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin"})
     assert done.returncode == 0, done.stderr[-2000:]
     errors = [float(line.split()[-1]) for line in done.stdout.splitlines()]
-    assert len(errors) == 4 and max(errors) < 2e-3  # the bundle stores float16
+    assert len(errors) == 6 and max(errors) < 2e-3  # the bundle stores float16
+
+
+def test_numpy_bilinear_resize_equals_torch_interpolate():
+    from cbir import torchfree
+
+    rng = np.random.default_rng(1)
+    for h, w in ((120, 160), (77, 51), (9, 13)):
+        x = rng.standard_normal((3, h, w)).astype(np.float32)
+        for factor in (0.7071, 0.5, 0.33):
+            expected = torch.nn.functional.interpolate(torch.from_numpy(x[None]), scale_factor=factor,
+                                                       mode="bilinear", align_corners=False)[0].numpy()
+            got = torchfree.bilinear_scaled(x, factor)
+            assert got.shape == expected.shape, (h, w, factor)
+            assert np.abs(got - expected).max() < 1e-5, (h, w, factor)
