@@ -3,6 +3,10 @@
 A query that is a whole database image (folder and CSV datasets) is that image's row.
 Images of equal size go through the model together, within a memory bound.
 
+On a CPU with few cores decoding runs in the model's process (`cbir.extraction.default_workers`),
+in a thread a few images ahead (`prefetched`): PIL's decoding and the runtime's forward both
+release the GIL, so decoding fills the forward's idle moments instead of following it.
+
 Images keep their own aspect (never cropped or distorted to batch), so only those
 that come out of resizing with the same height and width share a batch: a folder
 of small images, or a GPU, gets full batches; 1024 px photos of mixed aspect
@@ -60,3 +64,51 @@ def row_items(dataset) -> list[tuple[str, tuple | None]]:
     """The (path, box) of every output row, database then queries (a repeated image repeated)."""
     items, rows = pass_items(dataset)
     return [items[r] for r in rows]
+
+
+PREFETCH_DEPTH = 4
+
+
+def prefetched(items, depth: int = PREFETCH_DEPTH):
+    """`items[0], items[1], ...` in order, each computed (decoded) in a thread up to `depth` ahead.
+
+    An exception in the thread is raised here at that item's place; leaving the loop early
+    stops the thread before this generator closes."""
+    import queue
+    import threading
+
+    ready: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(message) -> bool:
+        while not stop.is_set():
+            try:
+                ready.put(message, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for i in range(len(items)):
+                if not offer(("item", items[i])):
+                    return
+        except BaseException as exc:  # re-raised in the consumer, at this item
+            offer(("error", exc))
+            return
+        offer(("done", None))
+
+    thread = threading.Thread(target=produce, name="cbir-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            kind, value = ready.get()
+            if kind == "done":
+                return
+            if kind == "error":
+                raise value
+            yield value
+    finally:
+        stop.set()
+        thread.join()

@@ -130,7 +130,7 @@ def image_tensor(image, mean, std):
 
 class PassItems:
     """Database images then queries of one pass, decoded and resized by the DataLoader
-    (in worker processes, or in line: see `default_workers`)."""
+    (in worker processes, or in a thread of this one: see `default_workers`)."""
 
     def __init__(self, items: list[tuple[str, tuple | None]], order: list[int], size: int):
         self.items, self.order, self.size = items, order, size
@@ -173,7 +173,8 @@ def default_workers(device_type: str = "cpu") -> int:
     cores. A worker process there competes with the model's two threads (a thread it
     preempts stalls the other at the next barrier): end to end 0.78-0.85 of the bare
     forward, against 0.95 decoding in line (bench/extract.py). So on up to 2 cores
-    decoding stays in the main process; beyond, a quarter of the cores decode.
+    decoding stays in the main process, in a thread a few images ahead (`cbir.batching.
+    prefetched`); beyond, a quarter of the cores decode.
     """
     cores = cpu_count()
     if device_type == "cuda":
@@ -254,7 +255,7 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     partial run once the entries are written."""
     import torch
 
-    from .batching import pass_items
+    from .batching import pass_items, prefetched
 
     items, rows = pass_items(dataset)
     n_db, n = len(dataset.images), len(items)
@@ -300,11 +301,10 @@ def _run_pass(dataset: Dataset, heads: list[Head], backbone, cache_root: Path, d
     elif todo:
         from .chunks import ChunkDescriber
 
+        decoded = PassItems(items, todo, heads[0].method.size)
         loader = torch.utils.data.DataLoader(
-            PassItems(items, todo, heads[0].method.size),
-            batch_size=None, shuffle=False, num_workers=workers,
-            worker_init_fn=_init_worker if workers else None,
-            prefetch_factor=4 if workers else None, pin_memory=device.type == "cuda")
+            decoded, batch_size=None, shuffle=False, num_workers=workers, worker_init_fn=_init_worker,
+            prefetch_factor=4, pin_memory=device.type == "cuda") if workers else prefetched(decoded)
         done, started = resumed, time.perf_counter()
         describer = ChunkDescriber(heads, backbone, forward, device, batch_pixels=batch_pixels,
                                    region_quota=quota, n_db=n_db)

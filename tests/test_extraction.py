@@ -362,3 +362,30 @@ def is_cached(cache, dataset, method) -> bool:
     except CacheError:
         return False
     return True
+
+
+def test_prefetched_decoding_keeps_order_and_raises_at_the_failing_item():
+    from cbir.batching import prefetched
+
+    class Decoded:
+        def __init__(self, fail_at=None):
+            self.fail_at = fail_at
+
+        def __len__(self):
+            return 10
+
+        def __getitem__(self, i):
+            if i == self.fail_at:
+                raise OSError(f"disk error at {i}")
+            return i * i
+
+    assert list(prefetched(Decoded(), depth=2)) == [i * i for i in range(10)]
+    seen = []
+    with pytest.raises(OSError, match="disk error at 6"):
+        for value in prefetched(Decoded(fail_at=6), depth=3):
+            seen.append(value)
+    assert seen == [i * i for i in range(6)]
+    early = prefetched(Decoded(), depth=2)
+    assert next(early) == 0
+    early.close()  # leaving early stops the decoding thread
+    assert not any(t.name == "cbir-decode" for t in threading.enumerate())
