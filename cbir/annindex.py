@@ -307,10 +307,13 @@ def _save(directory: Path, index, record: dict, sims: np.ndarray, ids: np.ndarra
 def ensure_graph(directory: Path, parts, stamp: str, params: AnnParams = AnnParams(), progress=None) -> AnnGraph:
     """The kNN graph of the stacked parts: stored in `directory` when valid, else from the stored
     index (a graph parameter changed), else built with a new index; what is computed is stored
-    (an unwritable folder only loses the copy on disk). `progress(stage)` names each long step."""
-    def say(stage):
+    (an unwritable folder only loses the copy on disk). `progress(done, total, stage)` is told
+    of the three steps (index, neighbour search, recall) as they end."""
+    stage = f"kNN graph over {_check_parts(parts)[0]} items (index, search, recall)"
+
+    def say(done):
         if progress is not None:
-            progress(stage)
+            progress(done, 3, stage)
 
     try:
         return load_graph(directory, parts, stamp, params)
@@ -320,20 +323,21 @@ def ensure_graph(directory: Path, parts, stamp: str, params: AnnParams = AnnPara
         index, record = load_index(directory, parts, stamp, params)
         record["index"] = {k: v for k, v in record["index"].items() if k not in ("file", "bytes", "sha256")}
     except CacheError:
-        say(f"building the {params.kind} index over {_check_parts(parts)[0]} items")
+        say(0)
         start = time.perf_counter()
         index, resolved = build_index(parts, params)
         record = {"format": FORMAT, "source": _source(parts, stamp),
                   "index": {**resolved, "build_seconds": round(time.perf_counter() - start, 3)}}
     record["params"] = asdict(params)
-    say(f"searching the {params.k} nearest neighbours of every item")
+    say(1)
     start = time.perf_counter()
     sims, ids = knn_graph(index, parts, params)
     seconds = time.perf_counter() - start
-    say(f"measuring the graph's recall on {params.recall_sample} items")
+    say(2)
     record["graph"] = {"k": params.k, "search_seconds": round(seconds, 3),
                        "recall": graph_recall(parts, ids, params.recall_sample, params.seed)}
     record["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    say(3)
     try:
         _save(directory, index, record, sims, ids)
     except OSError:
