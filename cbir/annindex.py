@@ -5,8 +5,9 @@ distractors exact search for them is 10^12 dot products per dimension, so an app
 index (HNSW by default, IVF optional, or the exact `flat` for small sets and tests) is
 built over the rows of the parts stacked in order (database first, then distractors) and
 searched for each row. The rows are added 100k at a time, converted to float32 a block at
-a time; float16 descriptors are kept as float16 inside the index (faiss's fp16 scalar
-quantizer, exact for them), so neither the parts nor the index exist whole in float32.
+a time; when any part is float16 (the distractors usually are) an approximate index keeps
+its vectors as float16 (faiss's fp16 scalar quantizer, exact for float16 rows), so neither
+the parts nor the index exist whole in float32. The exact `flat` index keeps float32.
 
 The graph is approximate: its recall@k against exact search is measured on a sample of
 items and recorded with it. Index, graph and a sidecar `ann.json` (parameters, the source
@@ -126,19 +127,20 @@ def row_blocks(parts, block: int = SEARCH_BLOCK):
 
 
 def _check_parts(parts) -> tuple[int, int, bool]:
-    """(rows, dimension, all float16) of the parts; ValueError when they do not stack."""
+    """(rows, dimension, any part float16) of the parts; ValueError when they do not stack."""
     dims = {np.shape(p)[1] for p in parts if np.ndim(p) == 2}
     if len(dims) != 1 or any(np.ndim(p) != 2 for p in parts):
         raise ValueError(f"parts must be 2-D arrays of one dimension, got shapes {[np.shape(p) for p in parts]}")
-    return sum(len(p) for p in parts), dims.pop(), all(np.asarray(p).dtype == np.float16 for p in parts)
+    return sum(len(p) for p in parts), dims.pop(), any(np.asarray(p).dtype == np.float16 for p in parts)
 
 
 def build_index(parts, params: AnnParams):
     """The faiss inner-product index over the stacked parts, and what was resolved (IVF cells,
-    vector storage). float16 parts are stored as float16 (fp16 scalar quantizer, lossless for them)."""
+    vector storage: float16 in an approximate index when any part is float16)."""
     import faiss
 
     n, dim, half = _check_parts(parts)
+    half = half and params.kind != "flat"
     resolved = {"storage": "float16" if half else "float32"}
     if params.kind == "hnsw":
         if half:

@@ -64,11 +64,13 @@ def test_recall_figure_equals_a_brute_force_count(stacked, tmp_path):
     assert "approximate kNN graph (HNSW M=2, efConstruction=4, efSearch=1; recall@10" in graph.describe()
 
 
-def test_float16_descriptors_stay_float16_in_the_index(stacked, tmp_path):
+def test_float16_distractors_make_an_approximate_index_store_float16(stacked, tmp_path):
     db, _, _ = stacked
-    parts = [db[:200].astype(np.float16), db[200:].astype(np.float16)]
+    parts = [db[:200], db[200:].astype(np.float16)]
     graph = ensure_graph(tmp_path / "ann", parts, array_stamp(*parts), AnnParams(k=K, recall_sample=100))
     assert graph.record["index"]["storage"] == "float16" and graph.recall > 0.95
+    exact = ensure_graph(tmp_path / "flat", parts, array_stamp(*parts), AnnParams("flat", k=K, recall_sample=100))
+    assert exact.record["index"]["storage"] == "float32" and exact.recall == 1.0
 
 
 def test_persisted_index_and_graph_reload_identically(stacked, tmp_path):
