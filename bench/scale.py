@@ -90,7 +90,6 @@ def bench_search(n: int, dim: int, keep: Path | None) -> None:
 
     diffusion, seconds = timed(lambda: TruncatedDiffusion(graph.sims, graph.ids, k=GRAPH_K))
     report("mutual graph", edges=diffusion.A.nnz // 2, seconds=round(seconds, 2))
-    del graph
     (top_ids, top_sims), search_seconds = timed(lambda: exact_topk(parts, queries, k=TRUNCATE))
     _, first = timed(lambda: diffusion.rank(top_ids, top_sims, alpha=0.99, truncate=TRUNCATE, k=TOPK))
     _, again = timed(lambda: diffusion.rank(top_ids, top_sims, alpha=0.9, truncate=TRUNCATE, k=TOPK))

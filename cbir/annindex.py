@@ -226,7 +226,8 @@ class AnnGraph:
         if params["kind"] == "flat":
             return f"exact kNN graph (flat index; {measured})"
         if params["kind"] == "hnsw":
-            how = f"HNSW M={params['hnsw_m']}, efConstruction={params['ef_construction']}, efSearch={params['ef_search']}"
+            how = (f"HNSW M={params['hnsw_m']}, efConstruction={params['ef_construction']}, "
+                   f"efSearch={params['ef_search']}")
         else:
             how = f"IVF {self.record['index']['ivf_lists']} lists, nprobe={params['nprobe']}"
         return f"approximate kNN graph ({how}; {measured})"
@@ -277,7 +278,8 @@ def load_graph(directory: Path, parts, stamp: str, params: AnnParams) -> AnnGrap
     except (OSError, ValueError, KeyError) as exc:
         raise CacheError(f"{directory / GRAPH_FILE}: unreadable ({exc})") from exc
     if sims.shape != ids.shape or sims.shape != (record["source"]["n"], params.k):
-        raise CacheError(f"{directory / GRAPH_FILE}: shape {sims.shape}, expected ({record['source']['n']}, {params.k})")
+        raise CacheError(f"{directory / GRAPH_FILE}: shape {sims.shape}, "
+                         f"expected ({record['source']['n']}, {params.k})")
     return AnnGraph(sims, ids, record, "loaded")
 
 

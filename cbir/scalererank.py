@@ -140,35 +140,34 @@ def entry_graph(entry, distractor_entry, dataset, params: AnnParams, progress=No
                         stamp, params, progress)
 
 
-def scale_label(method: Method, graph: AnnGraph | None, truncate: int) -> str:
+def diffusion_label(method: Method, graph: AnnGraph, truncate: int) -> str:
     """The method's label with what was approximated: "... +diffusion(a=0.99, k=50) truncated to
     each query's top 5000, approximate kNN graph (HNSW ...; recall@50 0.973 on 1000 sampled items)"."""
-    if method.rerank != "diffusion" or graph is None:
-        return method.label()
     return f"{method.label()} truncated to each query's top {truncate}, {graph.describe()}"
 
 
 def scale_ranking(method: Method, entry, distractor_entry, dataset, ann: AnnParams | None = None,
                   truncate: int | None = None, progress=None):
     """`(rank(parts, queries, k), report fields, top-K file-name suffix)` of `method` over the
-    database and distractor entries; diffusion's graph comes from (or goes to) the cache."""
+    database and distractor entries; diffusion's graph comes from (or goes to) the cache, and
+    its report fields name the graph and the truncation (`method`, `truncate`, `ann_graph`)."""
     from .evaluation import rerank_slug
 
     check_rerank_at_scale(method.rerank)
     if method.rerank == "none":
         return exact_topk, {}, ""
     if method.rerank != "diffusion":
-        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), \
-            {"method": method.label()}, f"-{rerank_slug(method)}"
+        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), {}, f"-{rerank_slug(method)}"
     ann = ann or AnnParams(k=method.k)
     truncate = truncate or DEFAULT_TRUNCATE
     if ann.k != method.k:
         raise ValueError(f"the kNN graph has k={ann.k} but diffusion asks for k={method.k}")
     graph = entry_graph(entry, distractor_entry, dataset, ann, progress)
     diffusion = TruncatedDiffusion(graph.sims, graph.ids, method.k, method.gamma)
-    details = {"method": scale_label(method, graph, truncate), "truncate": truncate,
-               "ann_graph": {"description": graph.describe(), "status": graph.status, "recall": graph.record["graph"]["recall"],
-                             "params": graph.record["params"], "index": graph.record["index"],
+    details = {"method": diffusion_label(method, graph, truncate), "truncate": truncate,
+               "ann_graph": {"description": graph.describe(), "status": graph.status,
+                             "recall": graph.record["graph"]["recall"], "params": graph.record["params"],
+                             "index": graph.record["index"],
                              "directory": str(ann_dir(distractor_entry, dataset) / ann.slug())}}
     search = {"hnsw": f"-ef{ann.ef_search}", "ivf": f"-np{ann.nprobe}"}.get(ann.kind, "")
     suffix = f"-{rerank_slug(method)}-T{truncate}-{ann.slug()}{search}"

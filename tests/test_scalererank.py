@@ -149,6 +149,7 @@ def test_diffusion_needs_the_graph_of_its_k(stacked, tmp_path):
     _, parts, queries = stacked
     graph = exact_graph(tmp_path, parts, recall_sample=20)
     with pytest.raises(ValueError, match="needs the graph of k=20"):
-        rerank_topk(Method(rerank="diffusion", k=20), parts, queries, diffusion=TruncatedDiffusion(graph.sims, graph.ids, K))
+        rerank_topk(Method(rerank="diffusion", k=20), parts, queries,
+                    diffusion=TruncatedDiffusion(graph.sims, graph.ids, K))
     with pytest.raises(ValueError, match="fewer than k=20"):
         TruncatedDiffusion(graph.sims, graph.ids, k=20)
