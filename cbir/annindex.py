@@ -211,7 +211,7 @@ class AnnGraph:
     sims: np.ndarray
     ids: np.ndarray
     record: dict
-    status: str  # "loaded", "built", or "rebuilt (<why the stored one was refused>)"
+    status: str  # "loaded", "built", "rebuilt (why)" or "graph rebuilt from the stored index (why)"
 
     @property
     def recall(self) -> float:
@@ -326,7 +326,9 @@ def ensure_graph(directory: Path, parts, stamp: str, params: AnnParams = AnnPara
     try:
         index, record = load_index(directory, parts, stamp, params)
         record["index"] = {k: v for k, v in record["index"].items() if k not in ("file", "bytes", "sha256")}
+        status = f"graph rebuilt from the stored index ({refused})"
     except CacheError:
+        status = "built" if refused.endswith("no index stored") else f"rebuilt ({refused})"
         say(0)
         start = time.perf_counter()
         index, resolved = build_index(parts, params)
@@ -346,5 +348,4 @@ def ensure_graph(directory: Path, parts, stamp: str, params: AnnParams = AnnPara
         _save(directory, index, record, sims, ids)
     except OSError:
         pass
-    status = "built" if refused.endswith("no index stored") else f"rebuilt ({refused})"
     return AnnGraph(sims, ids, record, status)
