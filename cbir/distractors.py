@@ -4,8 +4,9 @@ A distractor set is described like a dataset without queries or ground truth, so
 extractor and the cache handle it as any other (`distractor_dataset`). Evaluation ranks
 each query against the database followed by the distractors; the benchmark's ground truth
 is unchanged (its indices are database indices, and every distractor is a negative), and
-only each query's top K is kept (`cbir.topk`). Every name says what was ranked:
-"rParis6k + R1M".
+only each query's top K is kept (`cbir.topk`). Re-rankings against them (QE, AQE, truncated
+diffusion on a persisted kNN graph) are `cbir.scalererank`'s. Every name says what was
+ranked: "rParis6k + R1M".
 
 Layout of revisitop's download (`download_distractors` in revisitop's code): `ROOT/
 revisitop1m.txt` lists one image a line relative to `ROOT/jpg/`, with ".jpg" added to
