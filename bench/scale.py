@@ -1,14 +1,18 @@
 """Search and extraction at R1M scale (issue 14), one run, figures printed as JSON lines.
 
-    python -m bench.scale [--n 100000] [--dim 512] [--images 50] [--skip-ray] [--skip-search]
+    python -m bench.scale [--n 100000] [--dim 512] [--images 50] [--skip-ray] [--skip-search] [--keep DIR]
 
-Search, on synthetic clustered unit vectors stored as float16 (N x D, 70 queries):
-exact top-1000 search of the queries (`cbir.topk.exact_topk`, 100k rows at a time); a
-FAISS HNSW index (M = 32, efConstruction 64, efSearch 128) over the database: build
-time and serialized size, persisted with its parameters; the database-side kNN graph
-(k = 50) from it: time and recall@50 against exact search on 1,000 sampled items;
-diffusion on that graph truncated to each query's top 5,000, per query, and again after
-an alpha change (the graph and sub-graphs reused).
+Search, on synthetic clustered unit vectors stored as float16 (N x D: a 6,322-row database
+then N - 6,322 distractors, as two parts never stacked; 70 queries), through the library:
+exact top-1000 search of the queries over both parts (`cbir.topk.exact_topk`, 100k rows at a
+time); the persisted FAISS index and kNN graph (`cbir.annindex.ensure_graph`: HNSW M = 32,
+efConstruction 64, efSearch 128, float16 vectors kept float16; k = 50): index build, graph
+search, recall@50 against exact search on 1,000 sampled items, files' size, and the reload
+(checksums verified); the mutual graph from the stored lists and truncated diffusion
+(`cbir.scalererank.TruncatedDiffusion`: each query's exact top 5,000, its sub-graph, the
+solve) per query, and again after an alpha change (sub-graphs and Lanczos bases reused).
+Each line carries the process's peak resident memory so far. `--keep DIR` stores the index
+there (a rerun loads it) instead of a temporary folder.
 
 Extraction, on `--images` generated 160 x 120 pictures, Lite0 (random weights, the same
 cost as ImageNet's) at 128 px on the torch runtime: in-process against Ray Data (local
@@ -20,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import resource
 import tempfile
 import time
 from pathlib import Path
@@ -27,11 +32,12 @@ from pathlib import Path
 import numpy as np
 
 N_QUERIES, DIM, CLUSTERS, TOPK, GRAPH_K, RECALL_SAMPLE, TRUNCATE = 70, 512, 2000, 1000, 50, 1000, 5000
-HNSW_M = 32
+DATABASE = 6322  # rParis6k's database; the other rows play the distractors
 
 
 def report(name: str, **figures) -> None:
-    print(json.dumps({"measure": name, **figures}), flush=True)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"measure": name, **figures, "peak_rss_mb": round(peak_mb)}), flush=True)
 
 
 def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
@@ -47,63 +53,47 @@ def clustered(n: int, dim: int, clusters: int, seed: int = 0) -> np.ndarray:
     return out
 
 
-def bench_search(n: int, dim: int) -> None:
-    import faiss
+def timed(function):
+    start = time.perf_counter()
+    result = function()
+    return result, time.perf_counter() - start
 
-    from cbir.diffusion import DiffusionRanker
-    from cbir.ranking import build_index
+
+def bench_search(n: int, dim: int, keep: Path | None) -> None:
+    from cbir.annindex import AnnParams, array_stamp, ensure_graph
+    from cbir.scalererank import TruncatedDiffusion
     from cbir.topk import exact_topk
 
     data = clustered(n + N_QUERIES, dim, CLUSTERS)
-    db16, queries = data[:n], data[n:].astype(np.float32)
-    report("data", n=n, dim=dim, dtype="float16", db_mb=round(db16.nbytes / 2**20, 1))
+    database = min(DATABASE, n // 2)
+    parts, queries = [data[:database], data[database:n]], data[n:].astype(np.float32)
+    report("data", n=n, database=database, distractors=n - database, dim=dim, dtype="float16",
+           db_mb=round(n * dim * 2 / 2**20, 1))
 
-    start = time.perf_counter()
-    exact_topk([db16], queries, k=TOPK)
-    report("exact search", queries=N_QUERIES, topk=TOPK, seconds=round(time.perf_counter() - start, 3))
+    _, seconds = timed(lambda: exact_topk(parts, queries, k=TOPK))
+    report("exact search", queries=N_QUERIES, topk=TOPK, seconds=round(seconds, 3))
 
-    db = db16.astype(np.float32)
-    start = time.perf_counter()
-    index = build_index(db, "hnsw", hnsw_m=HNSW_M)
-    build = time.perf_counter() - start
-    index.hnsw.efSearch = 128
+    stamp, seconds = timed(lambda: array_stamp(*parts))
+    report("descriptor stamp", seconds=round(seconds, 2))
+    params = AnnParams(kind="hnsw", k=GRAPH_K, recall_sample=RECALL_SAMPLE)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "db.hnsw"
-        faiss.write_index(index, str(path))
-        params = {"index": "hnsw", "M": HNSW_M, "efConstruction": index.hnsw.efConstruction, "efSearch": 128}
-        (path.with_suffix(".json")).write_text(json.dumps(params))
-        size = path.stat().st_size
-    report("index build", **params, seconds=round(build, 2), index_mb=round(size / 2**20, 1))
+        folder = (keep or Path(tmp)) / f"ann-{params.slug()}"
+        graph, seconds = timed(lambda: ensure_graph(folder, parts, stamp, params))
+        record = graph.record
+        report("index and knn graph", status=graph.status, **{k: v for k, v in record["params"].items()},
+               storage=record["index"]["storage"], build_seconds=record["index"]["build_seconds"],
+               graph_search_seconds=record["graph"]["search_seconds"], recall=record["graph"]["recall"],
+               total_seconds=round(seconds, 2), index_mb=round(record["index"]["bytes"] / 2**20, 1),
+               graph_mb=round(record["graph"]["bytes"] / 2**20, 1))
+        graph, seconds = timed(lambda: ensure_graph(folder, parts, stamp, params))
+        report("knn graph reload", status=graph.status, seconds=round(seconds, 2))
 
-    start = time.perf_counter()
-    sims = np.empty((n, GRAPH_K), np.float32)
-    nbrs = np.empty((n, GRAPH_K), np.int64)
-    for lo in range(0, n, 8192):
-        rows = np.arange(lo, min(n, lo + 8192))
-        s, i = index.search(db[rows], GRAPH_K + 1)
-        not_self = i != rows[:, None]
-        keep = np.cumsum(not_self, axis=1) <= GRAPH_K
-        s, i = s[not_self & keep].reshape(len(rows), -1), i[not_self & keep].reshape(len(rows), -1)
-        sims[rows], nbrs[rows] = s[:, :GRAPH_K], i[:, :GRAPH_K]
-    graph_seconds = time.perf_counter() - start
-    sample = np.random.default_rng(1).choice(n, RECALL_SAMPLE, replace=False)
-    exact = db[sample] @ db.T
-    exact[np.arange(RECALL_SAMPLE), sample] = -np.inf
-    truth = np.argpartition(-exact, GRAPH_K, axis=1)[:, :GRAPH_K]
-    recall = np.mean([len(np.intersect1d(t, nbrs[s])) / GRAPH_K for t, s in zip(truth, sample)])
-    report("knn graph", k=GRAPH_K, seconds=round(graph_seconds, 2), recall_at_50=round(float(recall), 4),
-           sample=RECALL_SAMPLE)
-
-    start = time.perf_counter()
-    ranker = DiffusionRanker(db, k=GRAPH_K, neighbours=(sims, nbrs))
-    graph_build = time.perf_counter() - start
-    start = time.perf_counter()
-    ranker.rank(queries, alpha=0.99, truncate=TRUNCATE)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    ranker.rank(queries, alpha=0.9, truncate=TRUNCATE)
-    again = time.perf_counter() - start
-    report("truncated diffusion", truncate=TRUNCATE, graph_seconds=round(graph_build, 2),
+    diffusion, seconds = timed(lambda: TruncatedDiffusion(graph.sims, graph.ids, k=GRAPH_K))
+    report("mutual graph", edges=diffusion.A.nnz // 2, seconds=round(seconds, 2))
+    (top_ids, top_sims), search_seconds = timed(lambda: exact_topk(parts, queries, k=TRUNCATE))
+    _, first = timed(lambda: diffusion.rank(top_ids, top_sims, alpha=0.99, truncate=TRUNCATE, k=TOPK))
+    _, again = timed(lambda: diffusion.rank(top_ids, top_sims, alpha=0.9, truncate=TRUNCATE, k=TOPK))
+    report("truncated diffusion", truncate=TRUNCATE, exact_top_t_seconds=round(search_seconds, 2),
            ms_per_query=round(1000 * first / N_QUERIES, 1),
            ms_per_query_after_alpha_change=round(1000 * again / N_QUERIES, 1))
 
@@ -149,9 +139,10 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50, help="images for the extraction comparison")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--keep", type=Path, default=None, help="store the index in DIR (a rerun loads it)")
     args = parser.parse_args()
     if not args.skip_search:
-        bench_search(args.n, args.dim)
+        bench_search(args.n, args.dim, args.keep)
     if not args.skip_ray:
         bench_ray(args.images)
 

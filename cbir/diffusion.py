@@ -95,6 +95,13 @@ def affinity_graph(db: np.ndarray, k: int = 50, gamma: float = 3.0,
             raise ValueError(f"neighbours must be two (n_db={n}, >= k={k}) arrays, "
                              f"got {sims.shape} and {nbrs.shape}")
         sims, nbrs = sims[:, :k], nbrs[:, :k]
+    return mutual_graph(sims, nbrs, gamma)
+
+
+def mutual_graph(sims: np.ndarray, nbrs: np.ndarray, gamma: float = 3.0) -> sp.csr_matrix:
+    """`A` of `affinity_graph` from neighbour lists (n, k) alone: a graph too large to hold its
+    descriptors in float32 (database + a million distractors) is built from a stored list."""
+    n = nbrs.shape[0]
     rows = np.repeat(np.arange(n), sims.shape[1])
     cols = nbrs.ravel()
     found = (cols >= 0) & (cols != rows)
@@ -417,6 +424,19 @@ def diffuse(S: sp.spmatrix, Y: np.ndarray, alpha: float = 0.99, solver: str = "c
     return solve(S, Y, alpha, solver, tol, maxiter)[0]
 
 
+def solve_with_basis(S: sp.spmatrix, Y: np.ndarray, alpha: float, solver: str = "krylov", tol: float = 1e-6,
+                     maxiter: int | None = None, basis: KrylovBasis | None = None
+                     ) -> tuple[np.ndarray, np.ndarray, KrylovBasis | None]:
+    """`(F, iterations, basis)` of `(I - alpha S) F = Y`; with `krylov` the Lanczos basis given
+    is reused when it serves alpha and tol (else rebuilt and returned), so the caller keeps it
+    for the next alpha. Other solvers return no basis."""
+    if solver != "krylov":
+        return (*solve(S, Y, alpha, solver, tol, maxiter), None)
+    if basis is None or basis.alpha < alpha or basis.tol > tol:
+        basis = lanczos_basis(S, Y, max(alpha, BASIS_ALPHA), tol, maxiter)
+    return (*krylov_solve(S, Y, basis, alpha, tol), basis)
+
+
 def truncated_subgraphs(A: sp.spmatrix, sims: np.ndarray, n_top: int) -> list[tuple[np.ndarray, sp.csr_matrix]]:
     """Per query: its top `n_top` items of the initial ranking (sorted indices) and their re-normalised sub-graph `S`.
 
@@ -550,15 +570,8 @@ class DiffusionRanker:
         F = np.zeros_like(Y)
         iterations = np.zeros(Y.shape[1], np.int64)
         for q, (items, S_sub) in enumerate(cached["subgraphs"]):
-            y = Y[items, q:q + 1]
-            if solver == "krylov":
-                basis = cached["bases"][q]
-                if basis is None or basis.alpha < alpha or basis.tol > tol:
-                    basis = lanczos_basis(S_sub, y, max(alpha, BASIS_ALPHA), tol, maxiter)
-                    cached["bases"][q] = basis
-                f, iterations[q:q + 1] = krylov_solve(S_sub, y, basis, alpha, tol)
-            else:
-                f, iterations[q:q + 1] = solve(S_sub, y, alpha, solver, tol, maxiter)
+            f, iterations[q:q + 1], cached["bases"][q] = solve_with_basis(
+                S_sub, Y[items, q:q + 1], alpha, solver, tol, maxiter, cached["bases"][q])
             F[items, q] = f[:, 0]
         return F, iterations
 

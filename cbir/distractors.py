@@ -4,8 +4,9 @@ A distractor set is described like a dataset without queries or ground truth, so
 extractor and the cache handle it as any other (`distractor_dataset`). Evaluation ranks
 each query against the database followed by the distractors; the benchmark's ground truth
 is unchanged (its indices are database indices, and every distractor is a negative), and
-only each query's top K is kept (`cbir.topk`). Every name says what was ranked:
-"rParis6k + R1M".
+only each query's top K is kept (`cbir.topk`). Re-rankings against them (QE, AQE, truncated
+diffusion on a persisted kNN graph) are `cbir.scalererank`'s. Every name says what was
+ranked: "rParis6k + R1M".
 
 Layout of revisitop's download (`download_distractors` in revisitop's code): `ROOT/
 revisitop1m.txt` lists one image a line relative to `ROOT/jpg/`, with ".jpg" added to
@@ -84,12 +85,13 @@ def combined_name(dataset: Dataset, distractors: Dataset) -> str:
 
 
 def distractor_report(db: np.ndarray, distractor_db: np.ndarray, queries: np.ndarray, dataset: Dataset,
-                      distractors: Dataset, protocol: str, k: int = DEFAULT_TOPK):
-    """(report, top-K) of exact search of `queries` over the database then the distractors."""
+                      distractors: Dataset, protocol: str, k: int = DEFAULT_TOPK, rank=exact_topk):
+    """(report, top-K) of `rank(parts, queries, k)` (default exact search; `cbir.scalererank`
+    re-ranks) of `queries` over the database then the distractors."""
     if np.shape(db)[1:] != np.shape(distractor_db)[1:]:
         raise ValueError(f"database descriptors have shape {np.shape(db)[1:]} but the distractors' "
                          f"{np.shape(distractor_db)[1:]}: describe both with the same method")
-    ids, scores = exact_topk([db, distractor_db], queries, k=k)
+    ids, scores = rank([db, distractor_db], queries, k=k)
     topk = place_ground_truth(ids, scores, dataset.gnd[protocol], len(db) + len(distractor_db))
     report = topk_report(topk, dataset, protocol, name=combined_name(dataset, distractors))
     report["n_distractors"] = len(distractor_db)
@@ -103,8 +105,16 @@ def add_distractor_args(p, evaluates: bool) -> None:
     p.add_argument("--distractors-root", type=Path, default=None,
                    help=f"its folder ({', '.join(s.list_file for s in DISTRACTOR_SETS.values())} and the images)")
     if evaluates:
+        from .annindex import ANN_KINDS
+        from .scalererank import DEFAULT_TRUNCATE
+
         p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                        help="with distractors: the length of each query's stored list")
+        p.add_argument("--truncate", type=int, default=DEFAULT_TRUNCATE,
+                       help="with distractors, --rerank diffusion: diffuse over each query's top T items")
+        p.add_argument("--ann", choices=ANN_KINDS, default="hnsw",
+                       help="with distractors, --rerank diffusion: the index the kNN graph is searched "
+                            "with (flat = exact; stored in the distractors' cache entry)")
 
 
 def distractors_from_args(args) -> Dataset | None:
@@ -115,26 +125,34 @@ def distractors_from_args(args) -> Dataset | None:
         return None
     if args.distractors_root is None:
         raise ValueError(f"--distractors {args.distractors} needs --distractors-root DIR")
-    if getattr(args, "rerank", "none") != "none":
-        raise ValueError(f"--rerank {args.rerank} with distractors is not supported yet: only exact search "
-                         "(--rerank none) is evaluated against distractors")
+    from .scalererank import check_rerank_at_scale
+
+    check_rerank_at_scale(getattr(args, "rerank", "none"))
     if getattr(args, "topk", DEFAULT_TOPK) < 1:
         raise ValueError(f"--topk must be at least 1, got {args.topk}")
+    if getattr(args, "truncate", 1) < 1:
+        raise ValueError(f"--truncate must be at least 1, got {args.truncate}")
     return distractor_dataset(args.distractors_root, args.distractors)
 
 
 def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cache_root: Path, protocol: str,
-                     k: int = DEFAULT_TOPK, progress=None, **options) -> dict:
+                     k: int = DEFAULT_TOPK, progress=None, ann=None, truncate: int | None = None,
+                     **options) -> dict:
     """The report of `method` on `dataset` + `distractors` (extracting what the cache lacks); the
-    top-K lists are stored in the distractors' cache entry (`topk_file` in the report)."""
+    top-K lists are stored in the distractors' cache entry (`topk_file` in the report). A
+    re-ranking is `cbir.scalererank`'s, diffusion on the kNN graph `ann` (`AnnParams`) over both
+    truncated to each query's top `truncate`."""
     from .cache import dataset_key
     from .extraction import ensure_descriptors
+    from .scalererank import scale_ranking
     from .topk import save_topk
 
     distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
+    rank, details, suffix = scale_ranking(method, entry, distractor_entry, dataset, ann, truncate, progress)
     report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
-                                     protocol, k)
-    path = Path(distractor_entry.path) / f"topk-{dataset_key(dataset)}-{protocol}-k{k}.npz"
+                                     protocol, k, rank)
+    report.update(details)
+    path = Path(distractor_entry.path) / f"topk-{dataset_key(dataset)}-{protocol}-k{k}{suffix}.npz"
     try:
         save_topk(path, topk)
         report["topk_file"] = str(path)

@@ -112,12 +112,17 @@ def knn_graph_search(db: np.ndarray, k: int, index: str = "flat", nprobe: int = 
     for start in range(0, n, block):
         rows = np.arange(start, min(n, start + block))
         s, i = idx.search(db[rows], k + 1)
-        is_self = i == rows[:, None]
-        # Drop the item itself; if it was not found (ties, approximation), drop the last.
-        drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), k)
-        keep = np.ones_like(is_self)
-        keep[np.arange(len(rows)), drop] = False
-        sims[rows] = s[keep].reshape(len(rows), k)
-        nbrs[rows] = i[keep].reshape(len(rows), k)
+        sims[rows], nbrs[rows] = without_self(s, i, rows)
     sims[nbrs < 0] = -np.inf
     return sims, nbrs
+
+
+def without_self(sims: np.ndarray, ids: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(n, k+1) lists of items `rows` searched among themselves, made (n, k) others: each
+    item's own entry is dropped, or the last when it was not found (ties, approximation)."""
+    n, width = ids.shape
+    is_self = ids == np.asarray(rows)[:, None]
+    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), width - 1)
+    keep = np.ones_like(is_self)
+    keep[np.arange(n), drop] = False
+    return sims[keep].reshape(n, width - 1), ids[keep].reshape(n, width - 1)

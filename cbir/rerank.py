@@ -24,7 +24,7 @@ import scipy.sparse as sp
 
 from .diffusion import DiffusionRanker, unit_rows
 from .method import Method
-from .ranking import search
+from .ranking import search, without_self
 
 AQE_EXPONENT = 3.0
 
@@ -66,12 +66,7 @@ def database_augmentation(db: np.ndarray, n: int, exponent: float = AQE_EXPONENT
     if not 1 <= n < db.shape[0]:
         raise ValueError(f"n must lie in [1, n_db - 1] = [1, {db.shape[0] - 1}], got {n}")
     sims, ranks = search(db, db, topk=n + 1)
-    is_self = ranks == np.arange(db.shape[0])[:, None]
-    # Drop the item itself from its own list (the last one if a duplicate hid it).
-    drop = np.where(is_self.any(axis=1), is_self.argmax(axis=1), n)
-    keep = np.ones_like(is_self)
-    keep[np.arange(db.shape[0]), drop] = False
-    others, other_sims = ranks[keep].reshape(-1, n), sims[keep].reshape(-1, n)
+    other_sims, others = without_self(sims, ranks, np.arange(db.shape[0]))
     return expand(db, db, others, other_sims, n, exponent)
 
 

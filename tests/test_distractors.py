@@ -10,9 +10,12 @@ import pytest
 from cbir.cache import save_entry
 from cbir.cli import main
 from cbir.data import load_dataset
+from cbir.diffusion import DiffusionRanker
 from cbir.distractors import combined_name, distractor_dataset, distractor_report, read_image_list
 from cbir.method import Method
 from cbir.metrics import compute_map, seed_map_at_k
+from cbir.ranking import search
+from cbir.rerank import query_expansion
 from cbir.topk import load_topk
 from synthetic import clustered_unit_vectors, landmark_image, make_revisited_like, write_jpeg
 from test_download import server, tgz  # noqa: F401  (the fixture)
@@ -122,13 +125,57 @@ def test_evaluate_cli_ranks_against_cached_distractors_and_stores_the_top_k(caps
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--rerank", "diffusion"], "--rerank diffusion with distractors is not supported yet"),
+    (["--rerank", "kreciprocal"], "--rerank kreciprocal with distractors is not supported"),
+    (["--rerank", "fsr"], "--rerank fsr with distractors is not supported"),
+    (["--rerank", "diffusion", "--truncate", "0"], "--truncate must be at least 1"),
     (["--topk", "0"], "--topk must be at least 1"),
 ])
 def test_evaluate_cli_refuses_unsupported_distractor_options_in_one_line(capsys, revisited, tmp_path, extra, message):
     dataset, r1m_root = revisited
     code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *extra)
     assert code == 2 and message in out.err and len(out.err.strip().splitlines()) == 1
+
+
+def cached_stack(dataset, r1m_root, cache):
+    """Descriptors of the database, queries and distractors saved in the cache; (db, queries, distractors)."""
+    distractors = distractor_dataset(r1m_root)
+    x, _ = clustered_unit_vectors(len(dataset.images) + len(dataset.queries) + len(distractors.images), 16,
+                                  clusters=4, noise=0.8, seed=2)
+    n, nq = len(dataset.images), len(dataset.queries)
+    save_entry(cache, dataset, METHOD, x[:n], x[n:n + nq])
+    save_entry(cache, distractors, METHOD, x[n + nq:], np.zeros((0, 16), np.float32))
+    return x[:n], x[n:n + nq], x[n + nq:]
+
+
+def test_evaluate_cli_reranks_with_aqe_against_distractors_as_on_the_stack(capsys, revisited, tmp_path):
+    dataset, r1m_root = revisited
+    db, queries, distractor_db = cached_stack(dataset, r1m_root, tmp_path / "cache")
+    code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", "--rerank", "aqe", "--qe-n", "3")
+    assert code == 0, out.err
+    report = json.loads(out.out)
+    stack = np.vstack([db, distractor_db])
+    ranks = search(stack, query_expansion(stack, queries, 3, 3.0))[1]
+    assert report["mAP"] == pytest.approx(compute_map(ranks, dataset.gnd["medium"])["map"])
+    assert report["method"] == "Lite0 GeM 64px [random weights] +AQE(n=3)"
+    assert report["topk_file"].endswith("-medium-k1000-aqe-n3.npz")
+
+
+def test_evaluate_cli_diffuses_on_the_stored_graph_of_database_and_distractors(capsys, revisited, tmp_path):
+    dataset, r1m_root = revisited
+    db, queries, distractor_db = cached_stack(dataset, r1m_root, tmp_path / "cache")
+    options = ("--rerank", "diffusion", "--k", "5", "--kq", "3", "--alpha", "0.9", "--truncate", "20", "--ann", "flat")
+    code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options)
+    assert code == 0, out.err
+    report = json.loads(out.out)
+    ranks = DiffusionRanker(np.vstack([db, distractor_db]), k=5).rank(queries, alpha=0.9, kq=3, truncate=20)
+    assert report["mAP"] == pytest.approx(compute_map(ranks, dataset.gnd["medium"])["map"])
+    assert report["method"] == ("Lite0 GeM 64px [random weights] +diffusion(a=0.9, k=5) truncated to each query's "
+                                "top 20, exact kNN graph (flat index; recall@5 1.000 on 54 sampled items)")
+    assert report["ann_graph"]["status"] == "built" and report["topk_file"].endswith("-T20-flat.npz")
+    code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options)
+    assert code == 0 and json.loads(out.out)["ann_graph"]["status"] == "loaded"
+    code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options[:-1], "hnsw")
+    assert code == 0 and "approximate kNN graph (HNSW M=32" in json.loads(out.out)["method"]
 
 
 def test_extract_cli_describes_the_distractors_as_the_database(capsys, revisited, tmp_path):
