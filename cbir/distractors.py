@@ -125,19 +125,32 @@ def distractors_from_args(args) -> Dataset | None:
 
 def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cache_root: Path, protocol: str,
                      k: int = DEFAULT_TOPK, progress=None, **options) -> dict:
-    """The report of `method` on `dataset` + `distractors` (extracting what the cache lacks); the
-    top-K lists are stored in the distractors' cache entry (`topk_file` in the report)."""
-    from .cache import dataset_key
+    """The report of `method` on `dataset` + `distractors`: from the stored top-K lists when they
+    were computed from these very descriptors and ground truth (`topk_reused`), else by
+    extracting what the cache lacks and searching; the lists are stored, with their
+    provenance, in the distractors' cache entry (`topk_file`; `topk_recomputed` says why a
+    stored file was not used)."""
+    from .cache import CacheError, checked_manifest, dataset_key, entry_dir
     from .extraction import ensure_descriptors
-    from .topk import save_topk
+    from .topkstore import StaleTopK, checked_topk, provenance, store_topk, topk_path
 
+    path = topk_path(entry_dir(cache_root, dataset_key(distractors), method), dataset, protocol, k)
+    stale = {}
+    if path.is_file():
+        try:
+            stored = checked_topk(path, dataset, protocol, entry.manifest,
+                                  checked_manifest(cache_root, distractors, method, verify=False))
+            return {**stored.report(dataset, protocol), "topk_reused": True}
+        except (StaleTopK, CacheError) as exc:
+            stale = {"topk_recomputed": str(exc)}
     distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
     report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
                                      protocol, k)
-    path = Path(distractor_entry.path) / f"topk-{dataset_key(dataset)}-{protocol}-k{k}.npz"
+    record = provenance(dataset, protocol, method, entry.manifest, distractor_entry.manifest,
+                        report["dataset_name"], distractors.root)
     try:
-        save_topk(path, topk)
+        store_topk(path, topk, record, distractors.paths, len(entry.db))
         report["topk_file"] = str(path)
     except OSError:
         report["topk_file"] = None
-    return report
+    return {**report, "topk_reused": False, **stale}
