@@ -130,16 +130,16 @@ def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cach
     extracting what the cache lacks and searching; the lists are stored, with their
     provenance, in the distractors' cache entry (`topk_file`; `topk_recomputed` says why a
     stored file was not used)."""
-    from .cache import CacheError, checked_manifest, dataset_key, entry_dir
+    from .cache import CacheError, dataset_key, entry_dir, read_manifest
     from .extraction import ensure_descriptors
     from .topkstore import StaleTopK, checked_topk, provenance, store_topk, topk_path
 
-    path = topk_path(entry_dir(cache_root, dataset_key(distractors), method), dataset, protocol, k)
+    folder = entry_dir(cache_root, dataset_key(distractors), method)  # its key hashes the distractors' names
+    path = topk_path(folder, dataset, protocol, k)
     stale = {}
     if path.is_file():
         try:
-            stored = checked_topk(path, dataset, protocol, entry.manifest,
-                                  checked_manifest(cache_root, distractors, method, verify=False))
+            stored = checked_topk(path, dataset, protocol, entry.manifest, read_manifest(folder))
             return {**stored.report(dataset, protocol), "topk_reused": True}
         except (StaleTopK, CacheError) as exc:
             stale = {"topk_recomputed": str(exc)}

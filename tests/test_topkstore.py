@@ -1,0 +1,114 @@
+"""Stored top-K evaluations carry their provenance and are refused when stale or damaged;
+evaluate reuses a valid one without loading the distractors' descriptors."""
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from cbir.cache import load_entry, read_manifest, save_entry
+from cbir.distractors import evaluate_against
+from cbir.topk import save_topk
+from cbir.topkstore import StaleTopK, checked_topk, stored_evaluations
+from dashboard_fixture import METHODS, build, make_distractor_evaluation
+
+METHOD = METHODS[0]
+
+
+@pytest.fixture
+def stored(tmp_path):
+    """(cache, dataset, distractors, the mac method's top-K file) of a generated stored evaluation."""
+    _, cache, dataset = build(tmp_path)
+    distractors, _ = make_distractor_evaluation(tmp_path, cache, dataset)
+    (evaluation,) = stored_evaluations(cache).values()
+    return cache, dataset, distractors, evaluation.files[(METHOD.slug(), "original")]
+
+
+def check(cache, dataset, path):
+    return checked_topk(path, dataset, "original", load_entry(cache, dataset, METHOD).manifest,
+                        read_manifest(path.parent))
+
+
+def test_a_valid_stored_evaluation_is_reused_without_the_distractor_descriptors(stored):
+    cache, dataset, distractors, path = stored
+    entry = load_entry(cache, dataset, METHOD)
+    assert not (path.parent / "db.npy").exists()  # deleted by the fixture: a search would need it
+    report = evaluate_against(dataset, entry, METHOD, distractors, cache, "original", k=10)
+    assert report["topk_reused"] is True and report["topk_file"] == str(path)
+    assert report["dataset_name"] == "tiny + R1M (12 of 1001001 images)" and report["n_distractors"] == 12
+    assert report["mAP"] == pytest.approx(check(cache, dataset, path).report(dataset, "original")["mAP"])
+
+
+def test_stale_distractor_descriptors_are_refused_and_evaluate_recomputes(stored):
+    cache, dataset, distractors, path = stored
+    before = path.read_bytes()
+    rng = np.random.default_rng(9)
+    db = rng.normal(size=(12, 32))
+    save_entry(cache, distractors, METHOD, (db / np.linalg.norm(db, axis=1, keepdims=True)).astype(np.float32),
+               np.zeros((0, 32), np.float32))  # a new entry folder: the lists are gone with the old one
+    assert not path.exists()
+    path.write_bytes(before)  # ... and restored from a backup
+    with pytest.raises(StaleTopK, match=f"{path}: computed from other distractors descriptors"):
+        check(cache, dataset, path)
+    report = evaluate_against(dataset, load_entry(cache, dataset, METHOD), METHOD, distractors, cache, "original", k=10)
+    assert report["topk_reused"] is False and "other distractors descriptors" in report["topk_recomputed"]
+    assert path.read_bytes() != before
+    assert check(cache, dataset, path).report(dataset, "original")["mAP"] == pytest.approx(report["mAP"])
+
+
+def test_stale_database_descriptors_are_refused(stored):
+    cache, dataset, _, path = stored
+    entry = load_entry(cache, dataset, METHOD)
+    save_entry(cache, dataset, METHOD, entry.db[::-1].copy(), entry.queries)
+    with pytest.raises(StaleTopK, match="computed from other database descriptors"):
+        check(cache, dataset, path)
+
+
+def test_another_ground_truth_is_refused(stored):
+    cache, dataset, _, path = stored
+    gnd = [dict(g) for g in dataset.gnd["original"]]
+    gnd[0] = {"ok": gnd[0]["ok"][:-1], "junk": gnd[0]["junk"]}
+    changed = replace(dataset, gnd={"original": gnd})
+    with pytest.raises(StaleTopK, match="another ground truth"):
+        check(cache, changed, path)
+
+
+def test_a_damaged_file_is_refused_naming_it(stored):
+    cache, dataset, _, path = stored
+    data = path.read_bytes()
+    path.write_bytes(data[:len(data) // 2])
+    with pytest.raises(StaleTopK, match=f"{path}: not a readable stored top-K evaluation"):
+        check(cache, dataset, path)
+
+
+def test_lists_that_disagree_with_their_ranks_are_refused(stored):
+    cache, dataset, _, path = stored
+    topk = check(cache, dataset, path).topk
+    topk.positive_ranks[0] = topk.positive_ranks[0][1:]  # a positive "lost": mAP would be wrong
+    save_topk(path, topk)
+    with pytest.raises(StaleTopK, match="damaged .stored positive or junk ranks do not match"):
+        check(cache, dataset, path)
+
+
+def test_a_file_without_provenance_is_refused(stored):
+    cache, dataset, _, path = stored
+    topk = check(cache, dataset, path).topk
+    topk.extra = {}
+    save_topk(path, topk)
+    with pytest.raises(StaleTopK, match="without provenance"):
+        check(cache, dataset, path)
+    problems = []
+    assert stored_evaluations(cache, problems) and any("without provenance" in p for p in problems)
+
+
+def test_provenance_names_what_the_lists_were_computed_from(stored):
+    cache, dataset, distractors, path = stored
+    found = check(cache, dataset, path)
+    record = found.provenance
+    assert record["distractors"]["files"]["db.npy"] == read_manifest(path.parent)["files"]["db.npy"]
+    assert record["distractor_root"] == distractors.root
+    shown = np.unique(found.topk.ids[found.topk.ids >= found.n_db])
+    assert [found.distractor_path(int(i)) for i in shown] == [distractors.paths[i - found.n_db] for i in shown]
+    assert json.loads(json.dumps(record)) == record
