@@ -181,7 +181,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
                        "digits; extracting needs the original images and torch (requirements-extract.txt).")
         evaluations, problems = stored_topk.evaluations()
         for problem in problems:
-            st.warning(f"Stored distractor evaluation left out: {problem}")
+            st.error(f"Stored distractor evaluation left out: {problem}")
         evaluations = {k: e for k, e in evaluations.items() if e.dataset_key in found}
         names = {**dataset_names(found), **{k: e.name for k, e in evaluations.items()}}
         choice = state.select("Dataset", "dataset", [*found, *evaluations], what="dataset", format_func=names.get)
