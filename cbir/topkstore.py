@@ -165,7 +165,7 @@ def _inconsistency(topk: TopK, gnd: list[dict], n_db: int, n_ranked: int) -> str
 @dataclass
 class StoredEvaluation:
     """The stored top-K evaluations of one benchmark against one distractor set in a cache."""
-    key: str                      # "<dataset key>+<distractor key>": its id in links
+    key: str                      # "<dataset key>~<distractor key>": its id in links (URL-safe)
     dataset_key: str
     distractor_key: str
     name: str                     # "rParis6k + R1M"
@@ -203,7 +203,7 @@ def stored_evaluations(cache_root: Path, problems: list[str] | None = None) -> d
             if problems is not None:
                 problems.append(f"{path}: holds {method.label()}, not the entry {path.parent.name} (misplaced)")
             continue
-        key = f"{parsed['dataset_key']}+{path.parent.parent.name}"
+        key = f"{parsed['dataset_key']}~{path.parent.parent.name}"
         evaluation = found.setdefault(key, StoredEvaluation(key, parsed["dataset_key"], path.parent.parent.name,
                                                             record.get("dataset_name", key)))
         where, k = (method.slug(), parsed["protocol"]), int(parsed["k"])

@@ -41,7 +41,7 @@ def stored(view, method: Method) -> StoredTopK:
     (a ValueError) or `CacheError` naming the file when it cannot be used."""
     path = view.distractors.files[(method.slug(), view.protocol)]
     dataset_file = cache_root() / view.key / "dataset.json"
-    return _stored(*loaders.where(view.key, method), method, view.protocol, str(path), loaders.file_stamp(path),
+    return _stored(*loaders.entry_identity(view.key, method), method, view.protocol, str(path), loaders.file_stamp(path),
                    loaders.file_stamp(path.parent / "manifest.json"), loaders.file_stamp(dataset_file))
 
 
