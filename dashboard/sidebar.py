@@ -182,6 +182,9 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         evaluations, problems = stored_topk.evaluations()
         for problem in problems:
             st.error(f"Stored distractor evaluation left out: {problem}")
+        for evaluation in [e for e in evaluations.values() if e.dataset_key not in found]:
+            st.error(f"Stored distractor evaluation {evaluation.name} left out: its dataset "
+                     f"{evaluation.dataset_key} is not described in {state.cache_root()}")
         evaluations = {k: e for k, e in evaluations.items() if e.dataset_key in found}
         names = {**dataset_names(found), **{k: e.name for k, e in evaluations.items()}}
         choice = state.select("Dataset", "dataset", [*found, *evaluations], what="dataset", format_func=names.get)

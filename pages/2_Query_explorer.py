@@ -73,7 +73,8 @@ if image is None:
         st.markdown(f"**{len(gnd['ok'])}** positives, **{len(gnd.get('junk', []))}** junk "
                     f"({view.protocol} protocol). Frames: green = positive, red = negative, "
                     "grey = junk (neither hit nor miss). The box is the query region that was described. "
-                    "\"use as query\" under a result makes that image the query.")
+                    + (f"Results: the stored top-K list over {view.name}; s = the score."
+                       if view.distractors else "\"use as query\" under a result makes that image the query."))
 else:
     gnd, judged = dataset.image_as_query_truth(view.protocol, image)
     name = dataset.images[image]

@@ -124,6 +124,15 @@ def test_curves_plot_the_reports_per_query_ap(served):
     assert all(f"dataset={evaluation.key}" in link for link in links)
 
 
+def test_data_page_lists_the_stored_lists(served):
+    _, _, _, evaluation = served
+    at = app("pages/7_Data_and_descriptors.py")
+    no_exception(at)
+    (listed,) = [d.value for d in at.dataframe if "file" in d.value.columns]
+    assert sorted(listed["file"]) == sorted(str(p) for p in evaluation.files.values())
+    assert not any(e.label.startswith("R1M") or "revisitop1m" in e.label for e in at.expander)
+
+
 @pytest.mark.parametrize("page", ["pages/3_Diffusion_lab.py", "pages/5_Manifolds.py"])
 def test_pages_that_need_descriptors_say_they_are_not_available(served, page):
     _, _, _, evaluation = served
