@@ -68,13 +68,12 @@ st.caption("mAP and mP@k: reference definitions (junk removed, trapezoid AP; mP@
            "study's AP@k, normalised by the positives within the top k, each beside the study's own "
            "published figure (\"study\") for the same backbone, or for the study row named in "
            "\"study row\" where the study did not use this backbone. All in percent. "
-           f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
-           f"gamma={params['gamma']:g}; FSR rows the same graph from its top-r eigenpairs (r in the label; "
-           "r = the database size is the exact solve); k-reciprocal rows Zhong et al.'s k1, k2, lambda.")
-if view.distractors:
-    st.caption(f"Each query ranked against the database and the distractors by exact search; only its top K "
-               "items are stored, with the ranks of its positives and junk: the figures equal the full "
-               "ranking's when every positive lies within K (\"queries truncated\" = 0).")
+           + ("Each query ranked against the database and the distractors by exact search; only its top K "
+              "items are stored, with the ranks of its positives and junk: the figures equal the full "
+              "ranking's when every positive lies within K (\"queries truncated\" = 0)." if view.distractors else
+              f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
+              f"gamma={params['gamma']:g}; FSR rows the same graph from its top-r eigenpairs (r in the label; "
+              "r = the database size is the exact solve); k-reciprocal rows Zhong et al.'s k1, k2, lambda."))
 for label in truncated:
     st.warning(label)
 st.download_button("Export CSV", table.to_csv(index=False).encode(), file_name=f"{view.url_key}-{view.protocol}.csv",

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -107,7 +108,7 @@ def read_provenance(path: Path) -> dict:
     except KeyError:
         raise StaleTopK(f"{path}: written without provenance (an older version); run `python -m cbir "
                         "evaluate ... --distractors ...` again to replace it") from None
-    except Exception as exc:  # zip, npy or JSON damage: whatever it is, the file is refused
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:  # zip, npy or JSON damage
         raise StaleTopK(f"{path}: not a readable stored top-K evaluation ({exc})") from None
     if not isinstance(record, dict) or record.get("format") != FORMAT:
         raise StaleTopK(f"{path}: provenance of another format; run evaluate again to replace it")
@@ -175,9 +176,6 @@ class StoredEvaluation:
     @property
     def protocols(self) -> list[str]:
         return list(dict.fromkeys(protocol for _, protocol in self.files))
-
-    def distractor_entry(self, cache_root: Path, slug: str) -> Path:
-        return Path(cache_root) / self.distractor_key / slug
 
 
 def stored_evaluations(cache_root: Path, problems: list[str] | None = None) -> dict[str, StoredEvaluation]:

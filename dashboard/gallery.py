@@ -142,7 +142,8 @@ def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_que
     """One `st.image` per tile in a wrapping row, so tests can read each caption.
 
     With `as_query` (a prefix unique on the page), each tile gets a "use as query" button.
-    `picture(tile)` gives (image, caption) of tiles that are not database images (distractors).
+    `picture(tile)`, when given, gives each tile's (image, caption) instead (a stored distractor
+    evaluation's tiles include distractors).
     """
     def database_picture(tile: Tile) -> tuple[Image.Image, str]:
         return (thumbnail(dataset, key, dataset.paths[tile.index], dataset.images[tile.index]),

@@ -51,6 +51,9 @@ def overview(key: str, dataset_name: str, methods: list[Method], protocol: str, 
     return _sorted(pd.DataFrame(rows, columns=HEADLINE)), errors, pending
 
 
+DISTRACTOR_COLUMNS = ["K", "queries truncated", "distractors"]
+
+
 def distractor_overview(view) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The Overview's table of a stored distractor evaluation, from each method's top-K lists, with
     their length K and how many queries have positives beyond it; the files refused (named);
@@ -68,9 +71,6 @@ def distractor_overview(view) -> tuple[pd.DataFrame, list[str], list[str]]:
         rows.append({**_row(view.name, method, manifest, report), "K": report["truncated_at"],
                      "queries truncated": report["n_queries_truncated"], "distractors": report["n_distractors"]})
     return _sorted(pd.DataFrame(rows, columns=HEADLINE + DISTRACTOR_COLUMNS)), errors, truncated
-
-
-DISTRACTOR_COLUMNS = ["K", "queries truncated", "distractors"]
 
 
 def _row(dataset_name: str, method: Method, manifest: dict, report: dict) -> dict:
