@@ -68,7 +68,8 @@ def store_topk(path: Path, topk: TopK, record: dict, distractor_paths: list[str]
     """Save `topk` with its provenance and the names of the distractors its lists hold."""
     shown = np.unique(topk.ids[topk.ids >= n_db])
     topk.extra = {"provenance": np.array(json.dumps(record)), "distractor_ids": shown,
-                  "distractor_paths": np.array([distractor_paths[i - n_db] for i in shown.tolist()], dtype=str)}
+                  "distractor_paths": np.array([distractor_paths[i - n_db].encode() for i in shown.tolist()],
+                                               dtype=bytes)}  # UTF-8: a quarter of numpy's str
     save_topk(path, topk)
 
 
@@ -91,7 +92,7 @@ class StoredTopK:
         at = int(np.searchsorted(self.distractor_ids, item))
         if at == len(self.distractor_ids) or self.distractor_ids[at] != item:
             raise StaleTopK(f"{self.path}: item {item} is in no stored list")
-        return str(self.distractor_paths[at])
+        return bytes(self.distractor_paths[at]).decode()
 
     def report(self, dataset: Dataset, protocol: str) -> dict:
         report = topk_report(self.topk, dataset, protocol, name=self.name)
@@ -139,7 +140,7 @@ def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, di
     if problem:
         raise StaleTopK(f"{path}: damaged ({problem}); {rerun}")
     return StoredTopK(topk, record, Path(path), n_db, topk.extra.get("distractor_ids", np.zeros(0, np.int64)),
-                      topk.extra.get("distractor_paths", np.zeros(0, str)))
+                      topk.extra.get("distractor_paths", np.zeros(0, bytes)))
 
 
 def _inconsistency(topk: TopK, gnd: list[dict], n_db: int, n_ranked: int) -> str | None:
