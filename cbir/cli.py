@@ -223,7 +223,8 @@ def cmd_evaluate(args) -> int:
     progress = options.pop("progress")
     entry = ensure_descriptors(dataset, method, cache, progress, **options)
     if distractors is not None:
-        report = evaluate_against(dataset, entry, method, distractors, cache, protocol, args.topk, progress, **options)
+        report = evaluate_against(dataset, entry, method, distractors, cache, protocol, args.topk, progress,
+                                  thumbnails=args.thumbnails, **options)
         print_json({"method": method.label(), "method_key": method.to_dict(), "status": dataset.status_line(),
                     "distractors_status": distractors.status_line(), "cache_entry": str(entry.path), **report})
         return 0

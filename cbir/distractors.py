@@ -105,6 +105,9 @@ def add_distractor_args(p, evaluates: bool) -> None:
     if evaluates:
         p.add_argument("--topk", type=int, default=DEFAULT_TOPK,
                        help="with distractors: the length of each query's stored list")
+        p.add_argument("--thumbnails", action="store_true",
+                       help="with distractors: store thumbnails of the distractors the lists can show, "
+                            "so that the dashboard shows them without the images")
 
 
 def distractors_from_args(args) -> Dataset | None:
@@ -112,6 +115,8 @@ def distractors_from_args(args) -> Dataset | None:
     if args.distractors is None:
         if args.distractors_root is not None:
             raise ValueError("--distractors-root needs --distractors (e.g. --distractors revisitop1m)")
+        if getattr(args, "thumbnails", False):
+            raise ValueError("--thumbnails (of the distractors) needs --distractors and --distractors-root")
         return None
     if args.distractors_root is None:
         raise ValueError(f"--distractors {args.distractors} needs --distractors-root DIR")
@@ -124,33 +129,41 @@ def distractors_from_args(args) -> Dataset | None:
 
 
 def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cache_root: Path, protocol: str,
-                     k: int = DEFAULT_TOPK, progress=None, **options) -> dict:
+                     k: int = DEFAULT_TOPK, progress=None, thumbnails: bool = False, **options) -> dict:
     """The report of `method` on `dataset` + `distractors`: from the stored top-K lists when they
     were computed from these very descriptors and ground truth (`topk_reused`), else by
     extracting what the cache lacks and searching; the lists are stored, with their
     provenance, in the distractors' cache entry (`topk_file`; `topk_recomputed` says why a
-    stored file was not used)."""
+    stored file was not used). With `thumbnails`, the distractors the lists can show are
+    added to the thumbnail shard (`cbir.thumbshard`)."""
     from .cache import CacheError, dataset_key, entry_dir, read_manifest
     from .extraction import ensure_descriptors
     from .topkstore import StaleTopK, checked_topk, provenance, store_topk, topk_path
 
     folder = entry_dir(cache_root, dataset_key(distractors), method)  # its key hashes the distractors' names
     path = topk_path(folder, dataset, protocol, k)
-    stale = {}
+    report, stale = None, {}
     if path.is_file():
         try:
             stored = checked_topk(path, dataset, protocol, entry.manifest, read_manifest(folder))
-            return {**stored.report(dataset, protocol), "topk_reused": True}
+            report, ids = {**stored.report(dataset, protocol), "topk_reused": True}, stored.topk.ids
         except (StaleTopK, CacheError) as exc:
             stale = {"topk_recomputed": str(exc)}
-    distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
-    report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
-                                     protocol, k)
-    record = provenance(dataset, protocol, method, entry.manifest, distractor_entry.manifest,
-                        report["dataset_name"], distractors.root)
-    try:
-        store_topk(path, topk, record, distractors.paths, len(entry.db))
-        report["topk_file"] = str(path)
-    except OSError:
-        report["topk_file"] = None
-    return {**report, "topk_reused": False, **stale}
+    if report is None:
+        distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
+        report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
+                                         protocol, k)
+        record = provenance(dataset, protocol, method, entry.manifest, distractor_entry.manifest,
+                            report["dataset_name"], distractors.root)
+        try:
+            store_topk(path, topk, record, distractors.paths, len(entry.db))
+            report["topk_file"] = str(path)
+        except OSError:
+            report["topk_file"] = None
+        report, ids = {**report, "topk_reused": False, **stale}, topk.ids
+    if thumbnails:
+        from .thumbshard import shown_distractors, write_shard
+
+        shown = [distractors.paths[i] for i in shown_distractors(ids, len(entry.db))]
+        report["thumbnail_shard"] = write_shard(folder.parent, Path(distractors.root), shown)
+    return report

@@ -4,16 +4,20 @@ Each method's `topk-*.npz` (`cbir.topkstore`) is checked against both cache entr
 manifests and the ground truth before use, and a stale or damaged one is refused with
 a message naming it. Nothing here reads the distractors' descriptors or their dataset
 description (a million rows, a million names): the report, the curves and the explorer's
-gallery come from the lists, and a distractor tile is read from its image under the
-distractors' root only when it is shown (a placeholder naming it when it is missing).
+gallery come from the lists, and a distractor tile is read only when it is shown: from
+the thumbnail shard when the cache holds one (`cbir.thumbshard`), else from its image
+under the distractors' root (a placeholder naming it when it is missing).
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
 import streamlit as st
+from PIL import Image
 
+from cbir import thumbshard
 from cbir.cache import read_manifest
 from cbir.method import Method
 from cbir.topk import position_lists
@@ -83,9 +87,32 @@ def picture(view, found: StoredTopK):
             return (gallery.thumbnail(view.dataset, view.key, view.dataset.paths[tile.index], name),
                     tile.caption(view.dataset))
         relative = found.distractor_path(tile.index)
-        image = gallery.thumbnail_under(root, view.distractors.distractor_key, relative, relative)
+        image = shard_tile(view.distractors.distractor_key, relative)
+        if image is None:
+            image = gallery.thumbnail_under(root, view.distractors.distractor_key, relative, relative)
         return image, f"#{tile.rank} {relative} [{tile.kind}, {short} distractor] {tile.note}"
     return draw_one
+
+
+def shard_tile(distractor_key: str, relative: str) -> Image.Image | None:
+    """The distractor's thumbnail from the shard in the cache (`cbir.thumbshard`), if it holds it."""
+    folder = cache_root() / distractor_key
+    stamp = loaders.file_stamp(folder / thumbshard.INDEX)
+    if not stamp:
+        return None
+    data = thumbshard.read_thumbnail(folder, relative, _shard_index(str(folder), stamp))
+    return None if data is None else _decoded(data)
+
+
+@st.cache_resource(max_entries=4, show_spinner=False)
+def _shard_index(folder: str, stamp: int) -> dict:
+    return thumbshard.read_index(Path(folder))
+
+
+@st.cache_resource(max_entries=2048, show_spinner=False)
+def _decoded(data: bytes) -> Image.Image:
+    with Image.open(io.BytesIO(data)) as img:
+        return img.convert("RGB")
 
 
 def refuse_descriptor_page(view, what: str) -> None:

@@ -3,6 +3,7 @@ the distractors' db.npy is absent, and each distractor tile is read only when sh
 from __future__ import annotations
 
 import base64
+import io
 import json
 
 import numpy as np
@@ -153,3 +154,29 @@ def test_stale_or_damaged_lists_are_refused_naming_the_file(served):
     assert any(str(stale) in e and "other database descriptors" in e for e in errors), errors
     assert any(str(damaged) in e for e in errors), errors
     assert at.warning[0].value.startswith("No usable") or not at.dataframe
+
+
+def test_distractor_tiles_come_from_the_thumbnail_shard_when_the_cache_holds_one(served, monkeypatch):
+    from cbir.distractors import distractor_dataset, evaluate_against
+    from cbir.thumbshard import read_thumbnail
+    from dashboard import stored_topk
+
+    cache, dataset, root, evaluation = served
+    distractors = distractor_dataset(root)
+    for method in METHODS:
+        evaluate_against(dataset, load_entry(cache, dataset, method), method, distractors, cache, "original", k=10,
+                         thumbnails=True)
+    for path in (root / "jpg").rglob("*.jpg"):
+        path.unlink()  # served where the images are not (Community Cloud)
+    opened = []
+    real_open = Image.open
+    monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
+    at = app("pages/2_Query_explorer.py", dataset=evaluation.key, query="arch_00", methods=[m.slug() for m in METHODS])
+    no_exception(at)
+    assert not at.error
+    shown = [c.split()[1] for c in captions(at) if "R1M distractor" in c]
+    assert shown and not [p for p in opened if p.startswith(str(root))]
+    folder = cache / evaluation.distractor_key
+    tile = stored_topk.shard_tile(evaluation.distractor_key, shown[0])
+    with real_open(io.BytesIO(read_thumbnail(folder, shown[0]))) as img:
+        assert np.array_equal(np.asarray(tile), np.asarray(img.convert("RGB")))

@@ -2,11 +2,14 @@
 evaluate reuses a valid one without loading the distractors' descriptors."""
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from cbir.cache import load_entry, read_manifest, save_entry
 from cbir.distractors import evaluate_against
@@ -112,3 +115,39 @@ def test_provenance_names_what_the_lists_were_computed_from(stored):
     shown = np.unique(found.topk.ids[found.topk.ids >= found.n_db])
     assert [found.distractor_path(int(i)) for i in shown] == [distractors.paths[i - found.n_db] for i in shown]
     assert json.loads(json.dumps(record)) == record
+
+
+def test_thumbnail_shard_holds_the_shown_distractors_and_refuses_damaged_bytes(stored, capsys):
+    from cbir.thumbshard import BLOB, read_index, read_thumbnail, shown_distractors, write_shard
+
+    cache, dataset, distractors, path = stored
+    found = check(cache, dataset, path)
+    report = evaluate_against(dataset, load_entry(cache, dataset, METHOD), METHOD, distractors, cache, "original",
+                              k=10, thumbnails=True)
+    folder = path.parent.parent
+    wanted = [distractors.paths[i] for i in shown_distractors(found.topk.ids, found.n_db)]
+    assert report["thumbnail_shard"] == {"thumbnails": len(wanted), "added": len(wanted), "unreadable": []}
+    assert sorted(read_index(folder)) == sorted(wanted)
+    with Image.open(io.BytesIO(read_thumbnail(folder, wanted[0]))) as img:
+        assert img.size == (56, 40)  # never enlarged
+    assert read_thumbnail(folder, "jpg/absent.jpg") is None
+    again = write_shard(folder, Path(distractors.root), wanted[:1] + ["jpg/absent.jpg"])
+    assert again["added"] == 0 and again["thumbnails"] == len(wanted)
+    assert len(again["unreadable"]) == 1 and "jpg/absent.jpg" in again["unreadable"][0]
+    offset, length, _ = read_index(folder)[wanted[0]]
+    blob = bytearray((folder / BLOB).read_bytes())
+    blob[offset + length // 2] ^= 0xFF
+    (folder / BLOB).write_bytes(bytes(blob))
+    assert read_thumbnail(folder, wanted[0]) is None and read_thumbnail(folder, wanted[-1]) is not None
+
+
+def test_thumbnails_without_distractors_are_refused_in_one_line(tmp_path, capsys):
+    from cbir.cli import main
+    from synthetic import make_revisited_like
+
+    root = make_revisited_like(tmp_path / "data")
+    code = main(["evaluate", "--dataset", "rparis6k", "--root", str(root), "--cache", str(tmp_path / "cache"),
+                 "--pooling", "gem", "--size", "64", "--weights", "random", "--thumbnails"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--thumbnails (of the distractors) needs --distractors" in err
+    assert len(err.strip().splitlines()) == 1
