@@ -1,6 +1,6 @@
 """The dashboard's memory serving a stored 1M-distractor evaluation (issue 14; target <= 1.5 GB).
 
-    python -m bench.serve_distractors [--distractors 1001001] [--k 1000] [--dim 2048] [--keep DIR]
+    python -m bench.serve_distractors [--distractors 1001001] [--k 1000] [--dim 2048] [--shard] [--keep DIR]
 
 Builds a synthetic cache as `python -m cbir evaluate --dataset rparis6k ... --distractors
 revisitop1m` leaves it: an rParis6k-sized benchmark (6322 images with small JPEGs, 70
@@ -9,7 +9,8 @@ R1M's dataset description (the full list of names) and, per method, a distractor
 whose manifest states `--distractors` float16 descriptors (db.npy is a sparse file of that
 size: nothing may read it) holding one top-`--k` file per protocol. The lists are the
 benchmark's exact top K merged with distractors of interleaved scores (so some positives
-fall beyond K); each query's shown distractors have a small JPEG under the distractors' root.
+fall beyond K); each query's shown distractors have a small JPEG under the distractors' root
+(with --shard: in a thumbnail shard instead, the JPEGs deleted, as on Community Cloud).
 
 Then `streamlit run app.py` (headless) serves that cache, and Chromium opens the
 Overview, the Query explorer (50 results of three queries, two methods: distractor tiles
@@ -110,12 +111,13 @@ def merged_topk(db, queries, n_distractors: int, k: int, rng):
     return np.take_along_axis(both_ids, order, 1), np.take_along_axis(both_scores, order, 1).astype(np.float32)
 
 
-def build(tmp: Path, n_distractors: int, k: int, dim: int) -> tuple[dict, str, list[str]]:
+def build(tmp: Path, n_distractors: int, k: int, dim: int, shard: bool) -> tuple[dict, str, list[str]]:
     from cbir.cache import dataset_key, read_manifest, save_dataset, save_entry
     from cbir.data import Dataset
     from cbir.distractors import combined_name
     from cbir.method import Method
     from cbir.topk import place_ground_truth
+    from cbir.thumbshard import shown_distractors, write_shard
     from cbir.topkstore import provenance, store_topk, topk_path
 
     rng = np.random.default_rng(0)
@@ -143,6 +145,12 @@ def build(tmp: Path, n_distractors: int, k: int, dim: int) -> tuple[dict, str, l
         for item in np.unique(ids[:3, :50]):
             if item >= IMAGES:
                 jpeg(r1m_root / names[item - IMAGES], int(item))
+        if shard:
+            shown = [names[i] for i in shown_distractors(ids[:3], IMAGES)]
+            write_shard(cache / dataset_key(distractors), r1m_root, shown)
+    if shard:
+        for path in r1m_root.rglob("*.jpg"):
+            path.unlink()
     env = {"CBIR_CACHE_DIR": str(cache), "CBIR_DATA_DIR": str(data), "CBIR_DEMO_DIR": ""}
     key = f"{dataset_key(dataset)}~{dataset_key(distractors)}"
     return env, key, [urlencode({"dataset": key, "protocol": "medium", "query": q, "top": 50,
@@ -188,13 +196,15 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=1000)
     parser.add_argument("--dim", type=int, default=2048)
     parser.add_argument("--keep", type=Path, default=None, help="build the cache here and keep it")
+    parser.add_argument("--shard", action="store_true",
+                        help="the shown distractors in a thumbnail shard, their images deleted (Community Cloud)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         where = args.keep or Path(tmp)
         start = time.perf_counter()
-        env, key, explorer = build(where, args.distractors, args.k, args.dim)
+        env, key, explorer = build(where, args.distractors, args.k, args.dim, args.shard)
         emit(stage="cache built", seconds=round(time.perf_counter() - start, 1), distractors=args.distractors,
-             k=args.k, dim=args.dim, cache=env["CBIR_CACHE_DIR"])
+             k=args.k, dim=args.dim, shard=args.shard, cache=env["CBIR_CACHE_DIR"])
         serve(env, key, explorer)
 
 
