@@ -15,7 +15,7 @@ import hashlib
 import json
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -67,10 +67,9 @@ def provenance(dataset: Dataset, protocol: str, method: Method, manifest: dict, 
 def store_topk(path: Path, topk: TopK, record: dict, distractor_paths: list[str], n_db: int) -> None:
     """Save `topk` with its provenance and the names of the distractors its lists hold."""
     shown = np.unique(topk.ids[topk.ids >= n_db])
-    topk.extra = {"provenance": np.array(json.dumps(record)), "distractor_ids": shown,
-                  "distractor_paths": np.array([distractor_paths[i - n_db].encode() for i in shown.tolist()],
-                                               dtype=bytes)}  # UTF-8: a quarter of numpy's str
-    save_topk(path, topk)
+    names = np.array([distractor_paths[i - n_db].encode() for i in shown.tolist()], dtype=bytes)  # UTF-8
+    save_topk(path, replace(topk, extra={"provenance": np.array(json.dumps(record)), "distractor_ids": shown,
+                                         "distractor_paths": names}))
 
 
 @dataclass

@@ -45,8 +45,9 @@ def stored(view, method: Method) -> StoredTopK:
     (a ValueError) or `CacheError` naming the file when it cannot be used."""
     path = view.distractors.files[(method.slug(), view.protocol)]
     dataset_file = cache_root() / view.key / "dataset.json"
-    return _stored(*loaders.entry_identity(view.key, method), method, view.protocol, str(path), loaders.file_stamp(path),
-                   loaders.file_stamp(path.parent / "manifest.json"), loaders.file_stamp(dataset_file))
+    return _stored(*loaders.entry_identity(view.key, method), method, view.protocol, str(path),
+                   loaders.file_stamp(path), loaders.file_stamp(path.parent / "manifest.json"),
+                   loaders.file_stamp(dataset_file))
 
 
 @st.cache_resource(max_entries=16, show_spinner="Checking the stored top-K lists...")

@@ -107,9 +107,10 @@ for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.met
                       help="reference AP of this query, percent")
         if view.distractors:
             beyond = int(stored.topk.n_positives[q]) - len(stored.topk.positive_ranks[q])
-            st.caption(f"{view.name}: top {stored.topk.k} of {stored.topk.n_ranked} ranked items stored"
-                       + (f"; {beyond} of its positives lie beyond them (counted as never retrieved)" if beyond else ""))
-            gallery.draw(dataset, view.key, stored_topk.tiles(stored, q, top), picture=stored_topk.picture(view, stored))
+            st.caption(f"{view.name}: top {stored.topk.k} of {stored.topk.n_ranked} ranked items stored" + (
+                f"; {beyond} of its positives lie beyond them (counted as never retrieved)" if beyond else ""))
+            gallery.draw(dataset, view.key, stored_topk.tiles(stored, q, top),
+                         picture=stored_topk.picture(view, stored))
             continue
         if gnd is not None:
             shown = gallery.tiles(ranking, gnd, len(dataset.images), top)
