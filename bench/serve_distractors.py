@@ -139,7 +139,7 @@ def build(tmp: Path, n_distractors: int, k: int, dim: int, shard: bool) -> tuple
         ids, scores = merged_topk(noisy, queries, n_distractors, k, rng)
         for protocol in PROTOCOLS:
             topk = place_ground_truth(ids, scores, dataset.gnd[protocol], IMAGES + n_distractors)
-            record = provenance(dataset, protocol, method, read_manifest(cache / dataset_key(dataset) / method.slug()),
+            record = provenance(dataset, protocol, method, k, read_manifest(cache / dataset_key(dataset) / method.slug()),
                                 read_manifest(folder), name, str(r1m_root))
             store_topk(topk_path(folder, dataset, protocol, k), topk, record, names, IMAGES)
         for item in np.unique(ids[:3, :50]):

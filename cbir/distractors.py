@@ -153,7 +153,7 @@ def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cach
         distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
         report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
                                          protocol, k)
-        record = provenance(dataset, protocol, method, entry.manifest, distractor_entry.manifest,
+        record = provenance(dataset, protocol, method, k, entry.manifest, distractor_entry.manifest,
                             report["dataset_name"], distractors.root)
         try:
             store_topk(path, topk, record, distractors.paths, len(entry.db))

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import zipfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -27,7 +26,6 @@ from .method import Method
 from .topk import TopK, load_topk, place_ground_truth, save_topk, topk_report
 
 FORMAT = 1
-TOPK_FILE = re.compile(r"topk-(?P<dataset_key>.+)-(?P<protocol>[A-Za-z0-9_]+)-k(?P<k>[0-9]+)\.npz")
 
 
 class StaleTopK(ValueError):
@@ -56,10 +54,11 @@ def entry_sources(manifest: dict) -> dict:
             "files": {name: manifest.get("files", {}).get(name) for name in ("db.npy", "queries.npy")}}
 
 
-def provenance(dataset: Dataset, protocol: str, method: Method, manifest: dict, distractor_manifest: dict,
+def provenance(dataset: Dataset, protocol: str, method: Method, k: int, manifest: dict, distractor_manifest: dict,
                name: str, distractor_root: str) -> dict:
-    return {"format": FORMAT, "dataset_key": dataset_key(dataset), "protocol": protocol,
-            "method": method.descriptor_key().to_dict(), "database": entry_sources(manifest),
+    """What a stored evaluation was computed from, and what it is (the file's name is not relied on)."""
+    return {"format": FORMAT, "dataset_key": dataset_key(dataset), "protocol": protocol, "k": int(k),
+            "method": method.to_dict(), "database": entry_sources(manifest),
             "distractors": entry_sources(distractor_manifest), "distractor_root": distractor_root,
             "gnd_sha1": gnd_hash(dataset.gnd[protocol]), "dataset_name": name}
 
@@ -134,6 +133,8 @@ def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, di
         topk = load_topk(path)
     except ValueError as exc:
         raise StaleTopK(str(exc)) from None
+    if topk.k != record.get("k"):
+        raise StaleTopK(f"{path}: lists of length {topk.k}, its provenance says K={record.get('k')}")
     n_db = int(manifest["n_images"])
     problem = _inconsistency(topk, dataset.gnd[protocol], n_db, n_db + int(distractor_manifest["n_images"]))
     if problem:
@@ -170,42 +171,40 @@ class StoredEvaluation:
     dataset_key: str
     distractor_key: str
     name: str                     # "rParis6k + R1M"
-    files: dict = field(default_factory=dict)  # (method slug, protocol) -> path of the largest K
-    methods: dict = field(default_factory=dict)  # method slug -> Method
+    files: dict = field(default_factory=dict)  # (Method, protocol) -> path of the largest K
 
     @property
     def protocols(self) -> list[str]:
         return list(dict.fromkeys(protocol for _, protocol in self.files))
 
+    def methods(self, protocol: str) -> list[Method]:
+        return [method for method, p in self.files if p == protocol]
+
 
 def stored_evaluations(cache_root: Path, problems: list[str] | None = None) -> dict[str, StoredEvaluation]:
-    """Every stored top-K evaluation in the cache, grouped by (benchmark, distractor set); a
-    file whose name or provenance cannot be read is left out, with a message in `problems`."""
+    """Every stored top-K evaluation in the cache, grouped by (benchmark, distractor set), as
+    their provenance states it; a file whose provenance cannot be read, or that lies in
+    another method's entry, is left out, with a message in `problems`."""
     found: dict[str, StoredEvaluation] = {}
     sizes: dict[tuple, int] = {}
     root = Path(cache_root)
     folders = sorted(p for p in root.iterdir() if p.is_dir() and is_distractor_key(p.name)) if root.is_dir() else []
     for path in (p for folder in folders for p in sorted(folder.glob("*/topk-*.npz"))):
-        parsed = TOPK_FILE.fullmatch(path.name)
         try:
-            if parsed is None:
-                raise StaleTopK(f"{path}: not named topk-<dataset key>-<protocol>-k<K>.npz")
             record = read_provenance(path)
-            method = Method.from_dict(record["method"])
+            method, k = Method.from_dict(record["method"]), int(record["k"])
+            dataset, protocol = str(record["dataset_key"]), str(record["protocol"])
             read_manifest(path.parent)
+            if method.descriptor_key().slug() != path.parent.name:
+                raise StaleTopK(f"{path}: holds {method.label()}, not the entry {path.parent.name} (misplaced)")
         except (StaleTopK, CacheError, KeyError, TypeError, ValueError) as exc:
             if problems is not None:
                 problems.append(str(exc))
             continue
-        if method.slug() != path.parent.name:
-            if problems is not None:
-                problems.append(f"{path}: holds {method.label()}, not the entry {path.parent.name} (misplaced)")
-            continue
-        key = f"{parsed['dataset_key']}~{path.parent.parent.name}"
-        evaluation = found.setdefault(key, StoredEvaluation(key, parsed["dataset_key"], path.parent.parent.name,
-                                                            record.get("dataset_name", key)))
-        where, k = (method.slug(), parsed["protocol"]), int(parsed["k"])
-        if k > sizes.get((key, *where), 0):
-            evaluation.files[where], sizes[(key, *where)] = path, k
-            evaluation.methods[method.slug()] = method
+        distractor_key = path.parent.parent.name
+        key = f"{dataset}~{distractor_key}"
+        evaluation = found.setdefault(key, StoredEvaluation(key, dataset, distractor_key,
+                                                            str(record.get("dataset_name", key))))
+        if k > sizes.get((key, method, protocol), 0):
+            evaluation.files[(method, protocol)], sizes[(key, method, protocol)] = path, k
     return found

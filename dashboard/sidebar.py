@@ -198,8 +198,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         params = diffusion_params(len(dataset.images))
         graph_params = {**params, "fsr_rank": fsr_rank(len(dataset.images))}
         if evaluation:
-            options = {loaders.method_id(m): m for slug, m in evaluation.methods.items()
-                       if (slug, protocol) in evaluation.files}
+            options = {loaders.method_id(m): m for m in evaluation.methods(protocol)}
         else:
             options = {i: m.with_rerank(m.rerank, **graph_params) if m.rerank in GRAPH_RERANKINGS else m
                        for i, m in loaders.method_options(key).items()}

@@ -43,7 +43,7 @@ def _evaluations(root: str, stamp: tuple) -> tuple[dict[str, StoredEvaluation], 
 def stored(view, method: Method) -> StoredTopK:
     """The validated top-K lists of `method` in the view's evaluation and protocol; `StaleTopK`
     (a ValueError) or `CacheError` naming the file when it cannot be used."""
-    path = view.distractors.files[(method.slug(), view.protocol)]
+    path = view.distractors.files[(method, view.protocol)]
     dataset_file = cache_root() / view.key / "dataset.json"
     return _stored(*loaders.entry_identity(view.key, method), method, view.protocol, str(path),
                    loaders.file_stamp(path), loaders.file_stamp(path.parent / "manifest.json"),

@@ -75,8 +75,8 @@ for key, dataset in found.items():
                     st.error(str(exc))
 for evaluation in (stored_topk.evaluations()[0] if view is not None else {}).values():
     with st.expander(f"{evaluation.name}: stored top-K lists (`python -m cbir evaluate ... --distractors`)"):
-        st.dataframe([{"method": evaluation.methods[slug].label(), "protocol": protocol, "file": str(path)}
-                      for (slug, protocol), path in evaluation.files.items()], hide_index=True,
+        st.dataframe([{"method": method.label(), "protocol": protocol, "file": str(path)}
+                      for (method, protocol), path in evaluation.files.items()], hide_index=True,
                      key=f"topk_{evaluation.key}")
 
 st.subheader("Download a benchmark")

@@ -35,8 +35,7 @@ def served(tmp_path, monkeypatch):
 def reports(cache, dataset, evaluation) -> dict:
     """Per method label, the report of its stored lists computed by the library alone."""
     found = {}
-    for (slug, protocol), path in evaluation.files.items():
-        method = evaluation.methods[slug]
+    for (method, protocol), path in evaluation.files.items():
         stored = checked_topk(path, dataset, protocol, load_entry(cache, dataset, method).manifest,
                               read_manifest(path.parent))
         found[method.label()] = stored.report(dataset, protocol)
@@ -98,7 +97,7 @@ def test_explorer_shows_the_stored_list_with_the_reports_ap(served, query, monke
 
 def test_a_missing_distractor_image_is_a_placeholder_naming_it(served):
     cache, dataset, root, evaluation = served
-    path = evaluation.files[(METHODS[1].slug(), "original")]
+    path = evaluation.files[(METHODS[1], "original")]
     stored = checked_topk(path, dataset, "original", load_entry(cache, dataset, METHODS[1]).manifest,
                           read_manifest(path.parent))
     first = next(int(i) for i in stored.topk.ids[0, :10] if i >= stored.n_db)  # shown for query arch_00
@@ -144,7 +143,7 @@ def test_pages_that_need_descriptors_say_they_are_not_available(served, page):
 
 def test_stale_or_damaged_lists_are_refused_naming_the_file(served):
     cache, dataset, _, evaluation = served
-    stale, damaged = (evaluation.files[(m.slug(), "original")] for m in METHODS)
+    stale, damaged = (evaluation.files[(m, "original")] for m in METHODS)
     entry = load_entry(cache, dataset, METHODS[0])
     save_entry(cache, dataset, METHODS[0], entry.db[::-1].copy(), entry.queries)  # re-extracted database
     damaged.write_bytes(damaged.read_bytes()[:200])

@@ -26,7 +26,7 @@ def stored(tmp_path):
     _, cache, dataset = build(tmp_path)
     distractors, _ = make_distractor_evaluation(tmp_path, cache, dataset)
     (evaluation,) = stored_evaluations(cache).values()
-    return cache, dataset, distractors, evaluation.files[(METHOD.slug(), "original")]
+    return cache, dataset, distractors, evaluation.files[(METHOD, "original")]
 
 
 def check(cache, dataset, path):
@@ -151,3 +151,21 @@ def test_thumbnails_without_distractors_are_refused_in_one_line(tmp_path, capsys
     err = capsys.readouterr().err
     assert code == 2 and "--thumbnails (of the distractors) needs --distractors" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_largest_k_of_a_method_is_served_whatever_the_file_is_called(stored):
+    from cbir.topk import place_ground_truth
+    from cbir.topkstore import provenance, store_topk, topk_path
+
+    cache, dataset, distractors, path = stored
+    found = check(cache, dataset, path)
+    shorter = place_ground_truth(found.topk.ids[:, :5], found.topk.scores[:, :5], dataset.gnd["original"],
+                                 found.topk.n_ranked)
+    record = provenance(dataset, "original", METHOD, 5, load_entry(cache, dataset, METHOD).manifest,
+                        read_manifest(path.parent), found.name, distractors.root)
+    store_topk(topk_path(path.parent, dataset, "original", 5), shorter, record, distractors.paths, found.n_db)
+    (evaluation,) = stored_evaluations(cache).values()
+    assert evaluation.files[(METHOD, "original")] == path  # K = 10 over K = 5
+    renamed = path.rename(path.with_name("topk-z.npz"))  # sorted after the K = 5 file, still chosen
+    (evaluation,) = stored_evaluations(cache).values()
+    assert evaluation.files[(METHOD, "original")] == renamed
