@@ -7,7 +7,7 @@ timm or umap.
 import streamlit as st
 
 from cbir.study import NOT_COMPARABLE, ODD_ROWS, PUBLISHED, SEED_TABLE
-from dashboard import charts, sidebar, state, tables
+from dashboard import charts, sidebar, state, stored_topk, tables
 
 view = sidebar.open_page("Overview")
 
@@ -18,6 +18,9 @@ methods = list(view.options.values())
 if view.source == "demo":
     st.info(sidebar.demo_notice())
 st.subheader(f"{view.name}: mAP per method ({view.protocol} protocol)")
+against = [e.name for e in stored_topk.evaluations()[0].values() if e.dataset_key == view.key and not view.distractors]
+if against:
+    st.caption(f"Also evaluated against distractors: {', '.join(against)} (choose it as the Dataset in the sidebar).")
 truncated, pending = [], []
 if view.distractors:
     table, errors, truncated = tables.distractor_overview(view)

@@ -133,8 +133,9 @@ def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, di
         topk = load_topk(path)
     except ValueError as exc:
         raise StaleTopK(str(exc)) from None
-    if topk.k != record.get("k"):
-        raise StaleTopK(f"{path}: lists of length {topk.k}, its provenance says K={record.get('k')}")
+    if not isinstance(record.get("k"), int) or topk.k != min(record["k"], topk.n_ranked):
+        raise StaleTopK(f"{path}: lists of length {topk.k}, its provenance says K={record.get('k')} "
+                        f"of {topk.n_ranked} ranked items")
     n_db = int(manifest["n_images"])
     problem = _inconsistency(topk, dataset.gnd[protocol], n_db, n_db + int(distractor_manifest["n_images"]))
     if problem:

@@ -179,3 +179,12 @@ def test_distractor_tiles_come_from_the_thumbnail_shard_when_the_cache_holds_one
     tile = stored_topk.shard_tile(evaluation.distractor_key, shown[0])
     with real_open(io.BytesIO(read_thumbnail(folder, shown[0]))) as img:
         assert np.array_equal(np.asarray(tile), np.asarray(img.convert("RGB")))
+
+
+def test_the_benchmarks_overview_points_to_its_distractor_evaluation(served):
+    _, dataset, _, evaluation = served
+    at = app()
+    no_exception(at)
+    assert any(f"Also evaluated against distractors: {NAME}" in c.value for c in at.caption)
+    at = app(dataset=evaluation.key)
+    assert not any("Also evaluated against" in c.value for c in at.caption)

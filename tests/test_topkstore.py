@@ -16,6 +16,7 @@ from cbir.distractors import evaluate_against
 from cbir.topk import save_topk
 from cbir.topkstore import StaleTopK, checked_topk, stored_evaluations
 from dashboard_fixture import METHODS, build, make_distractor_evaluation
+from test_distractors import revisited  # noqa: F401  (the fixture)
 
 METHOD = METHODS[0]
 
@@ -169,3 +170,21 @@ def test_the_largest_k_of_a_method_is_served_whatever_the_file_is_called(stored)
     renamed = path.rename(path.with_name("topk-z.npz"))  # sorted after the K = 5 file, still chosen
     (evaluation,) = stored_evaluations(cache).values()
     assert evaluation.files[(METHOD, "original")] == renamed
+
+
+def test_evaluate_cli_reuses_the_stored_lists_the_second_time(capsys, revisited, tmp_path):
+    from test_distractors import evaluate
+    from cbir.distractors import distractor_dataset
+    from synthetic import clustered_unit_vectors
+
+    dataset, r1m_root = revisited
+    distractors = distractor_dataset(r1m_root)
+    n, nq = len(dataset.images), len(dataset.queries)
+    x, _ = clustered_unit_vectors(n + nq + len(distractors.images), 16, clusters=4, noise=0.8, seed=2)
+    cache = tmp_path / "cache"
+    method = replace(METHOD, pooling="gem", size=64, weights="random")
+    save_entry(cache, dataset, method, x[:n], x[n:n + nq])
+    save_entry(cache, distractors, method, x[n + nq:], np.zeros((0, 16), np.float32))
+    first, second = (json.loads(evaluate(capsys, dataset, r1m_root, cache)[1].out) for _ in range(2))
+    assert first["topk_reused"] is False and second["topk_reused"] is True, second.get("topk_recomputed")
+    assert second["mAP"] == first["mAP"] and second["per_query"] == first["per_query"]
