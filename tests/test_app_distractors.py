@@ -75,6 +75,9 @@ def test_overview_lists_the_evaluation_by_its_name_with_truncation(served):
 @pytest.mark.parametrize("query", ["arch_00", "bridge_01", "tower_00"])
 def test_explorer_shows_the_stored_list_with_the_reports_ap(served, query, monkeypatch):
     cache, dataset, root, evaluation = served
+    for unused in [cache / evaluation.distractor_key / "dataset.json",
+                   *(cache / evaluation.distractor_key).glob("*/queries.npy")]:
+        unused.unlink()  # serving needs neither the million names nor any distractor array
     opened = []
     real_open = Image.open
     monkeypatch.setattr(Image, "open", lambda path, *a, **k: opened.append(str(path)) or real_open(path, *a, **k))
