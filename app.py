@@ -7,7 +7,7 @@ timm or umap.
 import streamlit as st
 
 from cbir.study import NOT_COMPARABLE, ODD_ROWS, PUBLISHED, SEED_TABLE
-from dashboard import charts, sidebar, state, tables
+from dashboard import charts, sidebar, state, stored_topk, tables
 
 view = sidebar.open_page("Overview")
 
@@ -17,10 +17,19 @@ methods = list(view.options.values())
 
 if view.source == "demo":
     st.info(sidebar.demo_notice())
-st.subheader(f"{dataset.display_name()}: mAP per method ({view.protocol} protocol)")
-table, errors, pending = tables.overview(view.key, dataset.name, methods, view.protocol)
-for error in errors:
-    st.error(f"Cache entry left out: {error}. Re-extract it on the Data and descriptors page.")
+st.subheader(f"{view.name}: mAP per method ({view.protocol} protocol)")
+against = [e.name for e in stored_topk.evaluations()[0].values() if e.dataset_key == view.key and not view.distractors]
+if against:
+    st.caption(f"Also evaluated against distractors: {', '.join(against)} (choose it as the Dataset in the sidebar).")
+caveats, pending = [], []
+if view.distractors:
+    table, errors, caveats = tables.distractor_overview(view)
+    for error in errors:
+        st.error(f"Stored evaluation left out: {error}")
+else:
+    table, errors, pending = tables.overview(view.key, dataset.name, methods, view.protocol)
+    for error in errors:
+        st.error(f"Cache entry left out: {error}. Re-extract it on the Data and descriptors page.")
 if pending:  # what is ready first, then progress for the rest, then the whole table
     if not table.empty:
         st.caption(f"Ready: {len(table)} of {len(table) + len(pending)} methods.")
@@ -62,10 +71,16 @@ st.caption("mAP and mP@k: reference definitions (junk removed, trapezoid AP; mP@
            "study's AP@k, normalised by the positives within the top k, each beside the study's own "
            "published figure (\"study\") for the same backbone, or for the study row named in "
            "\"study row\" where the study did not use this backbone. All in percent. "
-           f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
-           f"gamma={params['gamma']:g}; FSR rows the same graph from its top-r eigenpairs (r in the label; "
-           "r = the database size is the exact solve); k-reciprocal rows Zhong et al.'s k1, k2, lambda.")
-st.download_button("Export CSV", table.to_csv(index=False).encode(), file_name=f"{view.key}-{view.protocol}.csv",
+           + ("Each query ranked against the database and the distractors by exact search (re-rankings: "
+              "query expansion searches exactly again, diffusion runs as its note says); only its top K "
+              "items are stored, with the ranks of its positives and junk: the figures equal the full "
+              "ranking's when every positive lies within K (\"queries truncated\" = 0)." if view.distractors else
+              f"Diffusion rows use alpha={params['alpha']:g}, k={params['k']}, kq={params['kq']}, "
+              f"gamma={params['gamma']:g}; FSR rows the same graph from its top-r eigenpairs (r in the label; "
+              "r = the database size is the exact solve); k-reciprocal rows Zhong et al.'s k1, k2, lambda."))
+for caveat in caveats:
+    st.warning(caveat)
+st.download_button("Export CSV", table.to_csv(index=False).encode(), file_name=f"{view.url_key}-{view.protocol}.csv",
                    mime="text/csv")
 
 left, right = st.columns(2)
@@ -77,6 +92,9 @@ with left:
 - queries present: **{len(dataset.queries)}** of {dataset.n_queries_total}
 - protocols: {", ".join(dataset.protocols)}
 - images under `{dataset.root or "(bundle thumbnails only)"}`""")
+    if view.distractors:
+        st.markdown(f"- evaluated as **{view.name}**: each query ranked against the database and the "
+                    "distractors; served from the stored top-K lists (no descriptor loaded)")
     if dataset.partial:
         st.warning(f"Partial copy: {dataset.status_line()}. {NOT_COMPARABLE}")
 with right:

@@ -122,11 +122,14 @@ def save_dataset(cache_root: Path, dataset: Dataset) -> Path:
     return path
 
 
-def list_datasets(cache_root: Path, broken: list[str] | None = None) -> dict[str, Dataset]:
-    """Every dataset described in the cache, by key; unreadable descriptions are skipped,
-    each with a message naming its file appended to `broken` when given."""
+def list_datasets(cache_root: Path, broken: list[str] | None = None, skip=None) -> dict[str, Dataset]:
+    """Every dataset described in the cache, by key, but those whose key `skip(key)` is true;
+    unreadable descriptions are skipped, each with a message naming its file appended to
+    `broken` when given."""
     found = {}
     for path in sorted(Path(cache_root).glob("*/dataset.json")):
+        if skip is not None and skip(path.parent.name):
+            continue
         try:
             found[path.parent.name] = Dataset.load(path)
         except ValueError as exc:

@@ -226,7 +226,8 @@ def cmd_evaluate(args) -> int:
         from .annindex import AnnParams
 
         report = evaluate_against(dataset, entry, method, distractors, cache, protocol, args.topk, progress,
-                                  ann=AnnParams(kind=args.ann, k=method.k), truncate=args.truncate, **options)
+                                  ann=AnnParams(kind=args.ann, k=method.k), truncate=args.truncate,
+                                  thumbnails=args.thumbnails, **options)
         print_json({"method": method.label(), "method_key": method.to_dict(), "status": dataset.status_line(),
                     "distractors_status": distractors.status_line(), "cache_entry": str(entry.path), **report})
         return 0

@@ -115,6 +115,9 @@ def add_distractor_args(p, evaluates: bool) -> None:
         p.add_argument("--ann", choices=ANN_KINDS, default="hnsw",
                        help="with distractors, --rerank diffusion: the index the kNN graph is searched "
                             "with (flat = exact; stored in the distractors' cache entry)")
+        p.add_argument("--thumbnails", action="store_true",
+                       help="with distractors: store thumbnails of the distractors the lists can show, "
+                            "so that the dashboard shows them without the images")
 
 
 def distractors_from_args(args) -> Dataset | None:
@@ -122,6 +125,8 @@ def distractors_from_args(args) -> Dataset | None:
     if args.distractors is None:
         if args.distractors_root is not None:
             raise ValueError("--distractors-root needs --distractors (e.g. --distractors revisitop1m)")
+        if getattr(args, "thumbnails", False):
+            raise ValueError("--thumbnails (of the distractors) needs --distractors and --distractors-root")
         return None
     if args.distractors_root is None:
         raise ValueError(f"--distractors {args.distractors} needs --distractors-root DIR")
@@ -137,25 +142,46 @@ def distractors_from_args(args) -> Dataset | None:
 
 def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cache_root: Path, protocol: str,
                      k: int = DEFAULT_TOPK, progress=None, ann=None, truncate: int | None = None,
-                     **options) -> dict:
-    """The report of `method` on `dataset` + `distractors` (extracting what the cache lacks); the
-    top-K lists are stored in the distractors' cache entry (`topk_file` in the report). A
-    re-ranking is `cbir.scalererank`'s, diffusion on the kNN graph `ann` (`AnnParams`) over both
-    truncated to each query's top `truncate`."""
-    from .cache import dataset_key
+                     thumbnails: bool = False, **options) -> dict:
+    """The report of `method` on `dataset` + `distractors`: from the stored top-K lists when they
+    were computed by this method from these very descriptors and ground truth (`topk_reused`),
+    else by extracting what the cache lacks and ranking; the lists are stored, with their
+    provenance, in the distractors' cache entry (`topk_file`; `topk_recomputed` says why a
+    stored file was not used). A re-ranking is `cbir.scalererank`'s: diffusion runs on the kNN
+    graph `ann` (`AnnParams`) over both, truncated to each query's top `truncate`. With
+    `thumbnails`, the distractors the lists can show are added to the thumbnail shard
+    (`cbir.thumbshard`)."""
+    from .cache import CacheError, dataset_key, entry_dir, read_manifest
     from .extraction import ensure_descriptors
-    from .scalererank import scale_ranking
-    from .topk import save_topk
+    from .scalererank import ranking_suffix, scale_ranking
+    from .topkstore import StaleTopK, checked_topk, provenance, store_topk, topk_path
 
-    distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
-    rank, details, suffix = scale_ranking(method, entry, distractor_entry, dataset, ann, truncate, progress)
-    report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
-                                     protocol, k, rank)
-    report.update(details)
-    path = Path(distractor_entry.path) / f"topk-{dataset_key(dataset)}-{protocol}-k{k}{suffix}.npz"
-    try:
-        save_topk(path, topk)
-        report["topk_file"] = str(path)
-    except OSError:
-        report["topk_file"] = None
+    folder = entry_dir(cache_root, dataset_key(distractors), method)  # its key hashes the distractors' names
+    path = topk_path(folder, dataset, protocol, k, ranking_suffix(method, ann, truncate))
+    report, stale = None, {}
+    if path.is_file():
+        try:
+            stored = checked_topk(path, dataset, protocol, entry.manifest, read_manifest(folder), method)
+            report, ids = {**stored.report(dataset, protocol), "topk_reused": True}, stored.topk.ids
+        except (StaleTopK, CacheError) as exc:
+            stale = {"topk_recomputed": str(exc)}
+    if report is None:
+        distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
+        rank, details, _ = scale_ranking(method, entry, distractor_entry, dataset, ann, truncate, progress)
+        report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
+                                         protocol, k, rank)
+        report.update(details)
+        record = provenance(dataset, protocol, method, k, entry.manifest, distractor_entry.manifest,
+                            report["dataset_name"], distractors.root, ranking=details)
+        try:
+            store_topk(path, topk, record, distractors.paths, len(entry.db))
+            report["topk_file"] = str(path)
+        except OSError:
+            report["topk_file"] = None
+        report, ids = {**report, "topk_reused": False, **stale}, topk.ids
+    if thumbnails:
+        from .thumbshard import shown_distractors, write_shard
+
+        shown = [distractors.paths[i] for i in shown_distractors(ids, len(entry.db))]
+        report["thumbnail_shard"] = write_shard(folder.parent, Path(distractors.root), shown)
     return report

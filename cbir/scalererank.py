@@ -157,7 +157,7 @@ def scale_ranking(method: Method, entry, distractor_entry, dataset, ann: AnnPara
     if method.rerank == "none":
         return exact_topk, {}, ""
     if method.rerank != "diffusion":
-        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), {}, f"-{rerank_slug(method)}"
+        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), {}, ranking_suffix(method)
     ann = ann or AnnParams(k=method.k)
     truncate = truncate or DEFAULT_TRUNCATE
     if ann.k != method.k:
@@ -169,6 +169,19 @@ def scale_ranking(method: Method, entry, distractor_entry, dataset, ann: AnnPara
                              "recall": graph.record["graph"]["recall"], "params": graph.record["params"],
                              "index": graph.record["index"],
                              "directory": str(ann_dir(distractor_entry, dataset) / ann.slug())}}
+    return ((lambda parts, queries, k: rerank_topk(method, parts, queries, k, diffusion, truncate)), details,
+            ranking_suffix(method, ann, truncate))
+
+
+def ranking_suffix(method: Method, ann: AnnParams | None = None, truncate: int | None = None) -> str:
+    """The top-K file-name part of a re-ranking against distractors: "" for exact search,
+    the re-ranking's parameters, and for diffusion its truncation and graph index."""
+    from .evaluation import rerank_slug
+
+    if method.rerank == "none":
+        return ""
+    if method.rerank != "diffusion":
+        return f"-{rerank_slug(method)}"
+    ann = ann or AnnParams(k=method.k)
     search = {"hnsw": f"-ef{ann.ef_search}", "ivf": f"-np{ann.nprobe}"}.get(ann.kind, "")
-    suffix = f"-{rerank_slug(method)}-T{truncate}-{ann.slug()}{search}"
-    return (lambda parts, queries, k: rerank_topk(method, parts, queries, k, diffusion, truncate)), details, suffix
+    return f"-{rerank_slug(method)}-T{truncate or DEFAULT_TRUNCATE}-{ann.slug()}{search}"

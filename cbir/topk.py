@@ -11,7 +11,8 @@ says "truncated at K" and how many queries it affects.
 from __future__ import annotations
 
 import io
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -31,6 +32,7 @@ class TopK:
     junk_ranks: list             # per query, 0-based ranks of its junk found in the top K
     n_positives: np.ndarray      # per query, all its positives (found or not)
     n_ranked: int
+    extra: dict = field(default_factory=dict)  # further named arrays stored with it (`save_topk`)
 
     @property
     def k(self) -> int:
@@ -86,7 +88,7 @@ def exact_topk(parts, queries: np.ndarray, k: int = DEFAULT_TOPK,
     return ids, scores
 
 
-def _position_lists(topk: TopK):
+def position_lists(topk: TopK):
     """The ranking restated over positions: row q is 0..K-1, its positives the positions
     they hold, the ones beyond K given positions K, K+1, ... that no row reaches."""
     k = topk.k
@@ -106,7 +108,7 @@ def topk_report(topk: TopK, dataset, protocol: str, name: str | None = None) -> 
     if [len(g["ok"]) for g in gnd] != topk.n_positives.tolist():
         raise ValueError(f"the stored top-K lists were made with another ground truth than "
                          f"{dataset.name!r} protocol {protocol!r}")
-    ranks, position_gnd = _position_lists(topk)
+    ranks, position_gnd = position_lists(topk)
     reference = compute_map(ranks, position_gnd, kappas=(1, 5, 10))
     metrics = {"ap": reference["aps"], "mp": reference["prs"],
                **{f"seed{k}": seed_map_at_k(ranks, position_gnd, k)[1] for k in (10, 100, None)}}
@@ -123,8 +125,11 @@ def topk_report(topk: TopK, dataset, protocol: str, name: str | None = None) -> 
     return report
 
 
+TOPK_ARRAYS = ("ids", "scores", "pos", "pos_off", "junk", "junk_off", "n_positives", "n_ranked")
+
+
 def save_topk(path: Path, topk: TopK) -> None:
-    """One .npz; the ragged rank lists are stored flat with offsets."""
+    """One .npz; the ragged rank lists are stored flat with offsets, `topk.extra` beside them."""
     from .cache import atomic_write_bytes
 
     def flat(lists):
@@ -135,16 +140,17 @@ def save_topk(path: Path, topk: TopK) -> None:
     junk, junk_off = flat(topk.junk_ranks)
     buffer = io.BytesIO()
     np.savez(buffer, ids=topk.ids, scores=topk.scores, pos=pos, pos_off=pos_off, junk=junk,
-             junk_off=junk_off, n_positives=topk.n_positives, n_ranked=np.int64(topk.n_ranked))
+             junk_off=junk_off, n_positives=topk.n_positives, n_ranked=np.int64(topk.n_ranked), **topk.extra)
     atomic_write_bytes(Path(path), buffer.getvalue())
 
 
 def load_topk(path: Path) -> TopK:
     try:
-        with np.load(Path(path)) as z:
+        with np.load(Path(path), allow_pickle=False) as z:
             def split(values, offsets):
                 return [values[a:b] for a, b in zip(offsets[:-1], offsets[1:])]
             return TopK(z["ids"], z["scores"], split(z["pos"], z["pos_off"]), split(z["junk"], z["junk_off"]),
-                        z["n_positives"], int(z["n_ranked"]))
-    except (OSError, ValueError, KeyError) as exc:
+                        z["n_positives"], int(z["n_ranked"]),
+                        {name: z[name] for name in z.files if name not in TOPK_ARRAYS})
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"{path}: not a stored top-K evaluation ({exc})") from exc

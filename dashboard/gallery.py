@@ -32,13 +32,19 @@ def inside(path: Path, roots: list[Path]) -> bool:
 
 def safe_path(dataset: Dataset, relative: str) -> Path:
     """The file `relative` under the dataset root; ValueError if it would leave the allowed roots."""
-    if not dataset.root:
+    return path_under(dataset.root, relative)
+
+
+def path_under(root: str, relative: str) -> Path:
+    """The file `relative` under `root` (a dataset's or a distractor set's); ValueError if it
+    would leave `root` and the data root."""
+    if not root:
         raise ValueError(f"{relative}: this cache has no original images (a bundle without thumbnail)")
     rel = Path(relative)
     if rel.is_absolute() or ".." in rel.parts:
-        raise ValueError(f"{relative}: image path leaves the dataset root {dataset.root}")
-    path = Path(dataset.root) / rel
-    if not inside(path, [Path(dataset.root), data_root()]):
+        raise ValueError(f"{relative}: image path leaves the dataset root {root}")
+    path = Path(root) / rel
+    if not inside(path, [Path(root), data_root()]):
         raise ValueError(f"{path}: outside the dataset root and the data root {data_root()}")
     return path
 
@@ -78,6 +84,12 @@ def thumbnail(dataset: Dataset, key: str, relative: str, name: str, size: int = 
               box: tuple | None = None) -> Image.Image:
     """A small RGB image, from the cache's thumbnail of `name` if there is one (bundles), else
     from the original file; a placeholder saying why if neither can be read."""
+    return thumbnail_under(dataset.root, key, relative, name, size, box)
+
+
+def thumbnail_under(root: str, key: str, relative: str, name: str, size: int = THUMB,
+                    box: tuple | None = None) -> Image.Image:
+    """`thumbnail` of the image `relative` under `root`, the thumbnails being those of cache folder `key`."""
     folder = cache_root() / key
     stored = folder / "thumbs" / f"{name}.jpg"
     try:
@@ -86,7 +98,7 @@ def thumbnail(dataset: Dataset, key: str, relative: str, name: str, size: int = 
             original = _original_widths(str(widths), widths.stat().st_mtime_ns) if widths.is_file() else {}
             if box is None or name in original:
                 return _thumbnail(str(stored), size, box, original.get(name))
-        return _thumbnail(str(safe_path(dataset, relative)), size, box, None)
+        return _thumbnail(str(path_under(root, relative)), size, box, None)
     except ValueError as exc:
         return placeholder(f"refused: {exc}"[:40], size)
     except OSError:
@@ -125,16 +137,23 @@ def framed(img: Image.Image, kind: str, border: int = 6) -> Image.Image:
     return ImageOps.expand(img, border=border, fill=FRAME[kind])
 
 
-def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_query: str = "") -> None:
+def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_query: str = "",
+         picture=None) -> None:
     """One `st.image` per tile in a wrapping row, so tests can read each caption.
 
     With `as_query` (a prefix unique on the page), each tile gets a "use as query" button.
+    `picture(tile)`, when given, gives each tile's (image, caption) instead (a stored distractor
+    evaluation's tiles include distractors).
     """
+    def database_picture(tile: Tile) -> tuple[Image.Image, str]:
+        return (thumbnail(dataset, key, dataset.paths[tile.index], dataset.images[tile.index]),
+                tile.caption(dataset))
+
     with st.container(horizontal=True, gap="small"):
         for tile in items:
-            image = thumbnail(dataset, key, dataset.paths[tile.index], dataset.images[tile.index])
+            image, caption = (picture or database_picture)(tile)
             with st.container(width=width + 12, gap=None):
-                st.image(framed(image, tile.kind), caption=tile.caption(dataset), width=width)
+                st.image(framed(image, tile.kind), caption=caption, width=width)
                 if as_query:
                     st.button("use as query", key=f"{as_query}_{tile.index}", on_click=use_as_query,
                               args=(dataset.images[tile.index],), help="rank the database for this image")

@@ -18,6 +18,7 @@ from cbir.cache import CacheError, Entry, checked_manifest, list_datasets, list_
 from cbir.data import Dataset
 from cbir.evaluation import overview_methods
 from cbir.method import Method
+from cbir.topkstore import is_distractor_key
 
 from .state import cache_root
 
@@ -28,7 +29,7 @@ def method_id(method: Method) -> str:
     return method.slug() if method.rerank == "none" else f"{method.slug()}+{method.rerank}"
 
 
-def _stamp(path: Path) -> int:
+def file_stamp(path: Path) -> int:
     try:
         return path.stat().st_mtime_ns
     except OSError:
@@ -76,19 +77,21 @@ def _described(root: Path) -> tuple[dict[str, Dataset], list[str]]:
 
     if is_bundle(root):
         _verified_bundle(str(root), tree_stamp(root))
-    stamp = tuple((p.parent.name, _stamp(p)) for p in sorted(root.glob("*/dataset.json")))
+    stamp = tuple((p.parent.name, file_stamp(p)) for p in sorted(root.glob("*/dataset.json")))
     return _datasets(str(root), stamp)
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
 def _datasets(root: str, stamp: tuple) -> tuple[dict[str, Dataset], list[str]]:
+    """Distractor sets are left out: they have no queries to show, and R1M's description
+    alone (a million names) would take hundreds of MB."""
     broken: list[str] = []
-    return list_datasets(Path(root), broken), broken
+    return list_datasets(Path(root), broken, skip=is_distractor_key), broken
 
 
 def descriptor_methods(key: str) -> list[Method]:
     root = cache_root()
-    stamp = tuple((p.parent.name, _stamp(p)) for p in sorted((root / key).glob("*/manifest.json")))
+    stamp = tuple((p.parent.name, file_stamp(p)) for p in sorted((root / key).glob("*/manifest.json")))
     return _entries(str(root), key, stamp)
 
 
@@ -104,11 +107,11 @@ def method_options(key: str) -> dict[str, Method]:
     return {method_id(m): m for entry in descriptor_methods(key) for m in overview_methods(entry, n_images)}
 
 
-def _where(key: str, method: Method) -> tuple[str, str, str, int]:
+def entry_identity(key: str, method: Method) -> tuple[str, str, str, int]:
     """(cache root, dataset key, descriptor slug, manifest mtime): what cached results depend on."""
     root = cache_root()
     slug = method.descriptor_key().slug()
-    return str(root), key, slug, _stamp(root / key / slug / "manifest.json")
+    return str(root), key, slug, file_stamp(root / key / slug / "manifest.json")
 
 
 def _descriptor(key: str, slug: str) -> Method:
@@ -120,7 +123,7 @@ def _descriptor(key: str, slug: str) -> Method:
 
 def entry(key: str, method: Method) -> Entry:
     """The validated descriptors of `method` (float32); CacheError if the entry is defective."""
-    return _entry(*_where(key, method))
+    return _entry(*entry_identity(key, method))
 
 
 @st.cache_resource(max_entries=8, show_spinner="Loading descriptors...")
@@ -132,7 +135,7 @@ def _entry(root: str, key: str, slug: str, stamp: int) -> Entry:
 
 def ranker(key: str, method: Method, k: int, gamma: float):
     """The diffusion graph of this method's database (built once per k, gamma)."""
-    return _ranker(*_where(key, method), k, gamma)
+    return _ranker(*entry_identity(key, method), k, gamma)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Building the diffusion graph...")
@@ -145,7 +148,7 @@ def _ranker(root: str, key: str, slug: str, stamp: int, k: int, gamma: float):
 
 def spectral(key: str, method: Method, k: int, gamma: float, rank: int):
     """The FSR ranker of this method's database: the graph's top-`rank` eigenpairs, stored in the entry."""
-    return _spectral(*_where(key, method), k, gamma, rank)
+    return _spectral(*entry_identity(key, method), k, gamma, rank)
 
 
 @st.cache_resource(max_entries=8, show_spinner="Computing the graph's eigenpairs (once; stored in the cache)...")
@@ -165,7 +168,7 @@ def graph_ranker(key: str, method: Method):
 
 def ranks(key: str, method: Method) -> np.ndarray:
     """Full ranking (n_queries, n_db) of the database for every query under `method`."""
-    return _ranks(*_where(key, method), method)
+    return _ranks(*entry_identity(key, method), method)
 
 
 @st.cache_resource(max_entries=32, show_spinner="Ranking...")
@@ -178,7 +181,7 @@ def _ranks(root: str, key: str, slug: str, stamp: int, method: Method) -> np.nda
 
 def image_ranks(key: str, method: Method, index: int) -> np.ndarray:
     """Full ranking of the database for database image `index` used as the query (whole image)."""
-    return _one_ranking(*_where(key, method), method, "db", index)
+    return _one_ranking(*entry_identity(key, method), method, "db", index)
 
 
 def query_ranks(key: str, method: Method, q: int) -> np.ndarray:
@@ -188,7 +191,7 @@ def query_ranks(key: str, method: Method, q: int) -> np.ndarray:
     (the one its reported AP comes from)."""
     if method.rerank == "kreciprocal":
         return ranks(key, method)[q]
-    return _one_ranking(*_where(key, method), method, "queries", q)
+    return _one_ranking(*entry_identity(key, method), method, "queries", q)
 
 
 @st.cache_resource(max_entries=64, show_spinner="Ranking...")
@@ -201,7 +204,7 @@ def _one_ranking(root: str, key: str, slug: str, stamp: int, method: Method, sid
 
 def report(key: str, method: Method, protocol: str) -> dict:
     """`cbir.metrics.evaluation_report` of the method's ranking under `protocol`."""
-    return _report(*_where(key, method), method, protocol)
+    return _report(*entry_identity(key, method), method, protocol)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -214,9 +217,9 @@ def known_report(key: str, method: Method, protocol: str) -> dict | None:
     """The Overview's report of `method` as stored in the cache entry, or None if not computed yet."""
     from cbir.evaluation import report_path
 
-    where = _where(key, method)
+    where = entry_identity(key, method)
     path = report_path(Path(where[0]) / key / where[2], method, protocol)
-    return _known_report(*where, method, protocol, _stamp(path))
+    return _known_report(*where, method, protocol, file_stamp(path))
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -230,7 +233,7 @@ def stored_report(key: str, method: Method, protocol: str, progress=None) -> dic
     """`report`, read from the cache entry when computed before (a cold start then ranks
     nothing), else computed in query blocks (bounded memory, `progress(done, total, what)`)
     and stored there; kept in memory too, for a cache that cannot be written."""
-    return _stored_report(*_where(key, method), method, protocol, progress)
+    return _stored_report(*entry_identity(key, method), method, protocol, progress)
 
 
 @st.cache_data(max_entries=256, show_spinner=False)
@@ -249,7 +252,7 @@ def _stored_report(root: str, key: str, slug: str, stamp: int, method: Method, p
 def manifest(key: str, method: Method) -> dict:
     """The entry's validated manifest (dimension, backbone, provenance) without loading its
     arrays; checksums are checked here unless a verified bundle already checked them."""
-    return _manifest(*_where(key, method), bundle_manifest() is None)
+    return _manifest(*entry_identity(key, method), bundle_manifest() is None)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
@@ -259,7 +262,7 @@ def _manifest(root: str, key: str, slug: str, stamp: int, verify: bool) -> dict:
 
 def diffusion_grid(key: str, method: Method, protocol: str, kq: int, gamma: float) -> dict:
     """The mAP grid over (alpha, k) of `cbir.evaluation`: read from the entry, else computed and stored."""
-    return _diffusion_grid(*_where(key, method), protocol, kq, gamma)
+    return _diffusion_grid(*entry_identity(key, method), protocol, kq, gamma)
 
 
 @st.cache_data(max_entries=16, show_spinner="Computing the (alpha, k) grid of mAP (once; stored in the cache)...")
@@ -281,7 +284,7 @@ def layouts(key: str, method: Method, k: int, gamma: float, alpha: float, comput
     found = entry(key, method)
     name = graph_key(k, gamma, alpha)
     in_memory = _computed_layouts()
-    remembered = (*_where(key, method), name)
+    remembered = (*entry_identity(key, method), name)
     if not (compute or recompute):
         return read_layouts(found.db, found.path, name) or in_memory.get(remembered)
     result = computed(found.db, ranker(key, method, k, gamma).S, found.path, name, recompute=recompute,

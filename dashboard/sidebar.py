@@ -14,8 +14,9 @@ from cbir.bundle import BundleError
 from cbir.data import Dataset
 from cbir.method import GRAPH_RERANKINGS, Method
 from cbir.study import NOT_COMPARABLE
+from cbir.topkstore import StoredEvaluation
 
-from . import loaders, state
+from . import loaders, state, stored_topk
 
 MAX_METHODS = 3
 DIFFUSION = Method()
@@ -29,6 +30,17 @@ class View:
     methods: list[Method]
     options: dict[str, Method]  # every cached method by URL id, diffusion with the view's parameters
     source: str = "cache"  # "demo" when serving the embedded demo
+    distractors: StoredEvaluation | None = None  # a stored evaluation against distractors (top-K lists only)
+
+    @property
+    def name(self) -> str:
+        """What is evaluated, as every page names it: "rParis6k + R1M", or the dataset's name."""
+        return self.distractors.name if self.distractors else self.dataset.display_name()
+
+    @property
+    def url_key(self) -> str:
+        """The sidebar's Dataset choice as links carry it."""
+        return self.distractors.key if self.distractors else self.key
 
     @property
     def gnd(self) -> list[dict]:
@@ -167,24 +179,38 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
             st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px "
                        "thumbnails): figures can differ from full-precision descriptors in the last "
                        "digits; extracting needs the original images and torch (requirements-extract.txt).")
-        names = dataset_names(found)
-        key = state.select("Dataset", "dataset", list(found), what="dataset", format_func=names.get)
+        evaluations, problems = stored_topk.evaluations()
+        for problem in problems:
+            st.error(f"Stored distractor evaluation left out: {problem}")
+        for evaluation in [e for e in evaluations.values() if e.dataset_key not in found]:
+            st.error(f"Stored distractor evaluation {evaluation.name} left out: its dataset "
+                     f"{evaluation.dataset_key} is not described in {state.cache_root()}")
+        evaluations = {k: e for k, e in evaluations.items() if e.dataset_key in found}
+        names = {**dataset_names(found), **{k: e.name for k, e in evaluations.items()}}
+        choice = state.select("Dataset", "dataset", [*found, *evaluations], what="dataset", format_func=names.get)
+        evaluation = evaluations.get(choice)
+        key = evaluation.dataset_key if evaluation else choice
         dataset = found[key]
-        st.caption(dataset.status_line())
-        protocol = state.select("Protocol", "protocol", list(dataset.protocols), what="protocol")
+        st.caption(dataset.status_line() + ("; stored top-K lists against the distractors (no descriptors "
+                                            "loaded)" if evaluation else ""))
+        protocol = state.select("Protocol", "protocol", evaluation.protocols if evaluation else
+                                list(dataset.protocols), what="protocol")
         params = diffusion_params(len(dataset.images))
         graph_params = {**params, "fsr_rank": fsr_rank(len(dataset.images))}
-        options = {i: m.with_rerank(m.rerank, **graph_params) if m.rerank in GRAPH_RERANKINGS else m
-                   for i, m in loaders.method_options(key).items()}
+        if evaluation:
+            options = {loaders.method_id(m): m for m in evaluation.methods(protocol)}
+        else:
+            options = {i: m.with_rerank(m.rerank, **graph_params) if m.rerank in GRAPH_RERANKINGS else m
+                       for i, m in loaders.method_options(key).items()}
         if not options:
-            st.warning(f"No descriptors for {names[key]} in {state.cache_root()}: extract some on the "
+            st.warning(f"No descriptors for {names[choice]} in {state.cache_root()}: extract some on the "
                        "Data and descriptors page.")
         plain = [i for i, m in options.items() if m.rerank == "none"]
         first = next((i for i in plain if options[i].pooling == "rmac"), plain[0] if plain else None)
-        default = [first, f"{first}+diffusion"] if first else []
+        default = [first] if evaluation else [first, f"{first}+diffusion"] if first else []
         chosen = state.multiselect("Methods", "methods", list(options), what="method", default=default,
                                    max_selections=MAX_METHODS, format_func=lambda i: options[i].label())
-        if diffusion_caption:
+        if diffusion_caption and not evaluation:
             st.caption("Diffusion and FSR: " + ", ".join(f"{k}={v:g}" for k, v in graph_params.items())
                        + " (sliders on the Diffusion lab)")
         for name, value in params.items():
@@ -192,7 +218,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     if dataset.partial:
         st.caption(f"Partial copy ({dataset.status_line()}). {NOT_COMPARABLE}")
     methods = [options[i] for i in chosen]
-    view = View(key, dataset, protocol, methods, options, source)
+    view = View(key, dataset, protocol, methods, options, source, evaluation)
     if not methods and needs_data:
         st.info("Choose at least one method in the sidebar.")
         st.stop()

@@ -7,8 +7,9 @@ import streamlit as st
 from cbir.cache import CacheError
 from cbir.method import Method
 from cbir.study import published_for, study_columns
+from cbir.topkstore import StaleTopK
 
-from . import loaders
+from . import loaders, stored_topk
 
 METRICS = {  # column -> evaluation_report key
     "seed mAP@10": "seed_mAP@10",
@@ -46,24 +47,56 @@ def overview(key: str, dataset_name: str, methods: list[Method], protocol: str, 
         if report is None:
             pending.append(method)
             continue
-        published = published_for(dataset_name, method)
-        n_params = (manifest.get("backbone") or {}).get("n_params")
-        rows.append({
-            "method": method.label(),
-            "backbone": method.backbone,
-            "pooling": method.pooling,
-            "whitening": method.whitening,
-            "re-ranking": method.rerank,
-            **{column: percent(report[name]) for column, name in METRICS.items()},
-            **study_columns(dataset_name, method),
-            "dim": int(manifest["dim"]),
-            "params (M)": None if n_params is None else n_params / 1e6,
-            "published mAP": None if published is None else published.map,
-            "published source": "" if published is None else published.source,
-            "id": loaders.method_id(method),
-        })
-    table = pd.DataFrame(rows, columns=HEADLINE)
-    return table.sort_values("mAP", ascending=False, kind="stable", ignore_index=True), errors, pending
+        rows.append(_row(dataset_name, method, manifest, report))
+    return _sorted(pd.DataFrame(rows, columns=HEADLINE)), errors, pending
+
+
+DISTRACTOR_COLUMNS = ["K", "queries truncated", "distractors"]
+
+
+def distractor_overview(view) -> tuple[pd.DataFrame, list[str], list[str]]:
+    """The Overview's table of a stored distractor evaluation, from each method's top-K lists, with
+    their length K and how many queries have positives beyond it; the files refused (named);
+    the caveats: the mAP label of each method whose lists are truncated ("truncated at K=1000:
+    ..."), and what a re-ranking approximated (truncation, approximate kNN graph and its recall)."""
+    rows, errors, caveats = [], [], []
+    for method in view.options.values():
+        try:
+            report = stored_topk.report(view, method)
+            manifest = loaders.manifest(view.key, method)
+        except (CacheError, StaleTopK) as exc:
+            errors.append(str(exc))
+            continue
+        if report["n_queries_truncated"]:
+            caveats.append(f"{method.label()}: {report['mAP_label']}")
+        if "truncate" in report:
+            caveats.append(f"Approximate: {report['method']}.")
+        rows.append({**_row(view.name, method, manifest, report), "K": report["truncated_at"],
+                     "queries truncated": report["n_queries_truncated"], "distractors": report["n_distractors"]})
+    return _sorted(pd.DataFrame(rows, columns=HEADLINE + DISTRACTOR_COLUMNS)), errors, caveats
+
+
+def _row(dataset_name: str, method: Method, manifest: dict, report: dict) -> dict:
+    published = published_for(dataset_name, method)
+    n_params = (manifest.get("backbone") or {}).get("n_params")
+    return {
+        "method": method.label(),
+        "backbone": method.backbone,
+        "pooling": method.pooling,
+        "whitening": method.whitening,
+        "re-ranking": method.rerank,
+        **{column: percent(report[name]) for column, name in METRICS.items()},
+        **study_columns(dataset_name, method),
+        "dim": int(manifest["dim"]),
+        "params (M)": None if n_params is None else n_params / 1e6,
+        "published mAP": None if published is None else published.map,
+        "published source": "" if published is None else published.source,
+        "id": loaders.method_id(method),
+    }
+
+
+def _sorted(table: pd.DataFrame) -> pd.DataFrame:
+    return table.sort_values("mAP", ascending=False, kind="stable", ignore_index=True)
 
 
 def evaluate_pending(key: str, pending: list[Method], protocol: str) -> tuple[dict, list[str]]:
@@ -89,6 +122,7 @@ def per_query(view, methods: list[Method]) -> pd.DataFrame:
     """Per-query reference AP (percent), one column per method label, indexed by query name."""
     data = {}
     for method in methods:
-        report = loaders.report(view.key, method, view.protocol)
+        report = (stored_topk.report(view, method) if view.distractors
+                  else loaders.report(view.key, method, view.protocol))
         data[method.label()] = [percent(row["ap"]) for row in report["per_query"]]
     return pd.DataFrame(data, index=view.query_names)

@@ -3,7 +3,8 @@ import streamlit as st
 
 from cbir.cache import CacheError
 from cbir.metrics import compute_map
-from dashboard import gallery, loaders, sidebar, state, upload
+from cbir.topkstore import StaleTopK
+from dashboard import gallery, loaders, sidebar, state, stored_topk, upload
 
 PICKER_PAGE = 48
 
@@ -48,7 +49,7 @@ def query_page(current: int) -> list[int]:
 
 
 top = state.slider("Results shown", "top", 5, 50, 10, 1)
-image = image_query()
+image = None if view.distractors else image_query()  # a distractor evaluation keeps no descriptor to rank by
 head, info = st.columns([1, 3])
 if image is None:
     q = sidebar.query_select(view)
@@ -72,7 +73,8 @@ if image is None:
         st.markdown(f"**{len(gnd['ok'])}** positives, **{len(gnd.get('junk', []))}** junk "
                     f"({view.protocol} protocol). Frames: green = positive, red = negative, "
                     "grey = junk (neither hit nor miss). The box is the query region that was described. "
-                    "\"use as query\" under a result makes that image the query.")
+                    + (f"Results: the stored top-K list over {view.name}; s = the score."
+                       if view.distractors else "\"use as query\" under a result makes that image the query."))
 else:
     gnd, judged = dataset.image_as_query_truth(view.protocol, image)
     name = dataset.images[image]
@@ -88,15 +90,29 @@ for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.met
     with column:
         st.markdown(f"**{method.label()}**")
         try:
-            ranking = (loaders.query_ranks(view.key, method, q) if image is None
-                       else loaders.image_ranks(view.key, method, image))
-            ap = None if gnd is None else compute_map(ranking[None, :], [gnd])["aps"][0]
-        except CacheError as exc:
+            if view.distractors:
+                stored = stored_topk.stored(view, method)
+                ranking, judged = stored_topk.judged_ranking(view, method)
+                ranking, judged = ranking[q], judged[q]
+            else:
+                ranking = (loaders.query_ranks(view.key, method, q) if image is None
+                           else loaders.image_ranks(view.key, method, image))
+                judged = gnd
+            ap = None if gnd is None else compute_map(ranking[None, :], [judged])["aps"][0]
+        except (CacheError, StaleTopK) as exc:
             st.error(str(exc))
             continue
         if gnd is not None:
             st.metric("AP", "n/a (no positives)" if ap is None or ap != ap else f"{100 * ap:.2f}",
                       help="reference AP of this query, percent")
+        if view.distractors:
+            beyond = int(stored.topk.n_positives[q]) - len(stored.topk.positive_ranks[q])
+            st.caption(f"{view.name}: top {stored.topk.k} of {stored.topk.n_ranked} ranked items stored" + (
+                f"; {beyond} of its positives lie beyond them (counted as never retrieved)" if beyond else ""))
+            gallery.draw(dataset, view.key, stored_topk.tiles(stored, q, top),
+                         picture=stored_topk.picture(view, stored))
+            continue
+        if gnd is not None:
             shown = gallery.tiles(ranking, gnd, len(dataset.images), top)
         else:
             shown = [gallery.Tile(int(i), r + 1, "unjudged") for r, i in enumerate(ranking[:top])]
@@ -104,7 +120,10 @@ for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.met
 
 st.divider()
 st.subheader("Your own image as a query")
-if not upload.can_upload():
+if view.distractors:
+    st.info(f"Not available for {view.name}: ranking a new image needs the distractors' descriptors, which a "
+            "stored evaluation does not load. Choose the benchmark alone in the sidebar to search with your image.")
+elif not upload.can_upload():
     st.info("Describing an uploaded image needs a CNN: install openvino (enough for entries that carry "
             "their converted model, as bundles built from OpenVINO extractions do) or torch and timm "
             "(`pip install torch timm`), then reload. Everything else works without them.")

@@ -5,9 +5,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbir.cache import CacheError
-from dashboard import gallery, loaders, sidebar, state
+from dashboard import gallery, loaders, sidebar, state, stored_topk
 
 view = sidebar.open_page("Diffusion lab", diffusion_caption=False)
+stored_topk.refuse_descriptor_page(view, "The Diffusion lab")
 dataset = view.dataset
 q = sidebar.query_select(view)
 base = view.methods[0].with_rerank("none")

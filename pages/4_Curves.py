@@ -8,7 +8,8 @@ import streamlit as st
 
 from cbir.cache import CacheError
 from cbir.metrics import pr_curves, precision_at_k_curves
-from dashboard import loaders, sidebar, state, tables
+from cbir.topkstore import StaleTopK
+from dashboard import loaders, sidebar, state, stored_topk, tables
 
 KMAX = 100
 MANY_QUERIES = 300  # beyond this, per-query lines are sampled and per-query bars aggregate by class
@@ -17,13 +18,18 @@ SAMPLED_LINES = 40
 view = sidebar.open_page("Curves")
 dataset = view.dataset
 names = view.query_names
-try:
-    ranking = {m: loaders.ranks(view.key, m) for m in view.methods}
+try:  # per method: a ranking and the ground truth in its terms (list positions for stored top-K lists)
+    judged = {m: stored_topk.judged_ranking(view, m) if view.distractors else (loaders.ranks(view.key, m), view.gnd)
+              for m in view.methods}
     ap = tables.per_query(view, view.methods)
-except CacheError as exc:
+except (CacheError, StaleTopK) as exc:
     st.error(str(exc))
     st.stop()
-kmax = min(KMAX, len(dataset.images))
+listed = min(ranks.shape[1] for ranks, _ in judged.values())
+kmax = min(KMAX, listed)
+if view.distractors:
+    st.caption(f"{view.name}: curves from each query's stored top-K list (K = {listed}); positives beyond "
+               "K count as never retrieved (their recall stops short of 1).")
 colours = ["#1f77b4", "#d62728", "#2ca02c"]
 many = len(names) > MANY_QUERIES
 drawn = (set(np.random.default_rng(0).choice(len(names), SAMPLED_LINES, replace=False).tolist())
@@ -36,7 +42,7 @@ left, right = st.columns(2)
 with left:
     figure = go.Figure()
     for colour, method in zip(colours, view.methods):
-        curves = precision_at_k_curves(ranking[method], view.gnd, kmax)
+        curves = precision_at_k_curves(*judged[method], kmax)
         ks = np.arange(1, kmax + 1)
         for i, (name, curve) in enumerate(zip(names, curves)):
             if i not in drawn:
@@ -53,7 +59,7 @@ with right:
     figure = go.Figure()
     grid = np.linspace(0, 1, 101)
     for colour, method in zip(colours, view.methods):
-        curves = [(i, name, c) for i, (name, c) in enumerate(zip(names, pr_curves(ranking[method], view.gnd)))
+        curves = [(i, name, c) for i, (name, c) in enumerate(zip(names, pr_curves(*judged[method])))
                   if c[0].size]
         for i, name, (recall, precision) in curves:
             if i not in drawn:
@@ -105,7 +111,7 @@ if len(view.methods) >= 2:
 
 st.subheader(f"Hardest queries ({first})")
 hardest = ap[first].dropna().sort_values().head(10)
-links = ["./Query_explorer?" + urlencode([("dataset", view.key), ("protocol", view.protocol), ("query", name)]
+links = ["./Query_explorer?" + urlencode([("dataset", view.url_key), ("protocol", view.protocol), ("query", name)]
                                          + [("methods", loaders.method_id(m)) for m in view.methods])
          for name in hardest.index]
 st.dataframe(pd.DataFrame({"query": hardest.index, "AP %": hardest.values, "explore": links}),

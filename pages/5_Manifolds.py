@@ -8,9 +8,10 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from cbir.cache import CacheError
-from dashboard import gallery, loaders, sidebar, state
+from dashboard import gallery, loaders, sidebar, state, stored_topk
 
 view = sidebar.open_page("Manifolds")
+stored_topk.refuse_descriptor_page(view, "The Manifolds page")
 dataset = view.dataset
 q = sidebar.query_select(view)
 method = view.methods[0]

@@ -16,7 +16,7 @@ from cbir.cache import CacheError, load_entry, read_manifest
 from cbir.heads import HEAD_KINDS
 from cbir.method import POOLINGS, PRECISIONS
 from cbir.runtime import RUNTIMES
-from dashboard import gallery, loaders, sidebar, state
+from dashboard import gallery, loaders, sidebar, state, stored_topk
 
 BENCHMARKS = ("paris6k", "rparis6k", "oxford5k", "roxford5k")
 KINDS = BENCHMARKS + ("folder",)
@@ -73,6 +73,11 @@ for key, dataset in found.items():
                     st.success(f"{method.slug()}: valid")
                 except CacheError as exc:
                     st.error(str(exc))
+for evaluation in (stored_topk.evaluations()[0] if view is not None else {}).values():
+    with st.expander(f"{evaluation.name}: stored top-K lists (`python -m cbir evaluate ... --distractors`)"):
+        st.dataframe([{"method": method.label(), "protocol": protocol, "file": str(path)}
+                      for (method, protocol), path in evaluation.files.items()], hide_index=True,
+                     key=f"topk_{evaluation.key}")
 
 st.subheader("Download a benchmark")
 with st.form("download"):

@@ -72,3 +72,41 @@ def assert_every_page_renders(at, repo: Path, layouts: bool = True) -> None:
         assert not at.error, (page.name, [e.value for e in at.error])
         if layouts and page.name == "5_Manifolds.py":
             assert not any("not computed yet" in i.value for i in at.info), "stored layouts not found"
+
+
+DISTRACTOR_LIST = "revisitop1m.txt"
+N_DISTRACTORS = 12
+STORED_K = 10
+
+
+def make_distractor_evaluation(tmp: Path, cache_dir: Path, dataset: Dataset, k: int = STORED_K,
+                               reranked: tuple = ()):
+    """A stored evaluation of every method on `dataset` + 12 R1M-style distractors (top-`k` lists),
+    as `python -m cbir evaluate --distractors revisitop1m` leaves it; each distractor lies near
+    a query, so it outranks that query's positives. `reranked` methods (re-rankings of those)
+    are stored too, diffusion on an exact graph truncated to 20. The distractors' db.npy is
+    then deleted: serving the evaluation must not need it. Returns (distractors, their root)."""
+    from cbir.annindex import AnnParams
+    from cbir.cache import load_entry
+    from cbir.distractors import distractor_dataset, evaluate_against
+
+    root = tmp / "data" / "r1m"
+    names = [f"{i % 3}/{i:04x}" for i in range(N_DISTRACTORS)]
+    for name in names:
+        (root / "jpg" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (56, 40), (120, 120, 40)).save(root / "jpg" / f"{name}.jpg")
+    (root / DISTRACTOR_LIST).write_text("\n".join(names) + "\n")
+    distractors = distractor_dataset(root)
+    rng = np.random.default_rng(3)
+    for method in METHODS:
+        entry = load_entry(cache_dir, dataset, method)
+        near = entry.queries[np.arange(N_DISTRACTORS) % len(dataset.queries)]
+        db = near + 0.05 * rng.normal(size=near.shape)
+        db /= np.linalg.norm(db, axis=1, keepdims=True)
+        save_entry(cache_dir, distractors, method, db.astype(np.float32), np.zeros((0, db.shape[1]), np.float32))
+        report = evaluate_against(dataset, entry, method, distractors, cache_dir, "original", k)
+        for other in (m for m in reranked if m.descriptor_key() == method):
+            evaluate_against(dataset, entry, other, distractors, cache_dir, "original", k,
+                             ann=AnnParams(kind="flat", k=other.k), truncate=20)
+        Path(report["topk_file"]).parent.joinpath("db.npy").unlink()
+    return distractors, root

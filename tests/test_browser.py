@@ -188,3 +188,20 @@ def test_a_fresh_clone_serves_the_demo_on_a_deep_link(fresh_clone, browser, path
         if path in ("Query_explorer", "Manifolds"):
             assert page.locator("input[aria-label='Query']").input_value() == dataset.queries[5].name
         page.close()
+
+
+def test_a_deep_link_to_a_stored_distractor_evaluation_on_a_fresh_server(tmp_path, browser):
+    from dashboard_fixture import make_distractor_evaluation
+
+    data_dir, cache_dir, dataset = build(tmp_path)
+    make_distractor_evaluation(tmp_path, cache_dir, dataset)
+    from cbir.topkstore import stored_evaluations
+
+    (evaluation,) = stored_evaluations(cache_dir).values()
+    query = urlencode({"dataset": evaluation.key, "query": dataset.queries[2].name})
+    with Server({"CBIR_DATA_DIR": str(data_dir), "CBIR_CACHE_DIR": str(cache_dir), "CBIR_DEMO_DIR": ""}) as server:
+        page = rendered(browser, server, "Query_explorer", query, "distractors-Query_explorer")
+        assert page.locator("[data-testid='stAlertContentError']").count() == 0
+        assert page.locator("input[aria-label='Dataset']").input_value() == evaluation.name
+        assert page.get_by_text("R1M distractor").count() >= 1
+        page.close()

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,6 +173,11 @@ def test_evaluate_cli_diffuses_on_the_stored_graph_of_database_and_distractors(c
     assert report["method"] == ("Lite0 GeM 64px [random weights] +diffusion(a=0.9, k=5) truncated to each query's "
                                 "top 20, exact kNN graph (flat index; recall@5 1.000 on 54 sampled items)")
     assert report["ann_graph"]["status"] == "built" and report["topk_file"].endswith("-T20-flat.npz")
+    code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options)
+    again = json.loads(out.out)  # the stored lists, their provenance naming the graph
+    assert code == 0 and again["topk_reused"] and again["mAP"] == report["mAP"]
+    assert again["method"] == report["method"] and again["ann_graph"]["recall"] == report["ann_graph"]["recall"]
+    Path(report["topk_file"]).unlink()
     code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options)
     assert code == 0 and json.loads(out.out)["ann_graph"]["status"] == "loaded"
     code, out = evaluate(capsys, dataset, r1m_root, tmp_path / "cache", *options[:-1], "hnsw")
