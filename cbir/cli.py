@@ -472,7 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-root", type=Path)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids and layouts for sharing")
+    p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids, layouts and "
+                                      "distractor evaluations for sharing")
     p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")
     p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
     p.add_argument("--out", required=True, type=Path, help="new folder for the bundle")
