@@ -235,6 +235,8 @@ def bundle_of(served, tmp_path, monkeypatch, reduce="float16"):
 
 @pytest.mark.parametrize("reduce", ["float16", "pca:8"])
 def test_a_bundle_serves_the_evaluation_with_the_caches_figures(served, tmp_path, monkeypatch, reduce):
+    from dashboard import stored_topk
+
     cache, dataset, _, evaluation = served
     expected = reports(cache, dataset, evaluation)
     out, manifest = bundle_of(served, tmp_path, monkeypatch, reduce)
@@ -260,7 +262,9 @@ def test_a_bundle_serves_the_evaluation_with_the_caches_figures(served, tmp_path
     no_exception(at)
     assert not at.error
     tiles = [c for c in captions(at) if c.startswith("#")]
-    assert len(tiles) == 10 and any("R1M distractor" in c for c in tiles)
+    shown = [c.split()[1] for c in tiles if "R1M distractor" in c]
+    assert len(tiles) == 10 and shown
+    assert all(stored_topk.shard_tile(evaluation.distractor_key, name) for name in shown)  # the images are gone
     assert at.metric[0].value == f"{100 * expected[METHODS[1].label()]['per_query'][0]['ap']:.2f}"
 
 
