@@ -16,6 +16,15 @@ methods, plus what replaces the original images and the heavy computations:
     <out>/<key>/<slug>/neighbours-K*.npz, spectrum-*.npz      top-K neighbour list, FSR eigenpairs
                                                               of the default graph (cbir.neighbours,
                                                               cbir.spectral)
+    <out>/<distractor key>/<slug>/{manifest.json, topk-<key>-*.npz}   stored evaluations against
+                                                              distractors (cbir.topkstore), lists only
+    <out>/<distractor key>/thumbs.{bin,json}                  the distractor thumbnails they can show
+                                                              (cbir.thumbshard), when the cache has them
+
+A bundled entry's manifest records the full-precision entry it was reduced from
+(`reduced_from`); the top-K lists, computed from that one, are checked against it when
+the bundle is built and, inside the verified bundle, when served. The distractors'
+descriptors and their description (a million names) are not carried: serving does not read them.
 
 `bundle.json` describes the bundle completely (format 2): every file under `out` is
 listed with its size and sha256, and `manifest_sha256` covers every other field.
@@ -40,13 +49,14 @@ from pathlib import Path
 import numpy as np
 
 from . import __version__
-from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, load_entry, names_hash,
-                    save_entry, sha256_file)
+from .cache import (CacheError, atomic_directory, atomic_write_text, dataset_dir, dataset_key, load_entry,
+                    names_hash, read_manifest, save_entry, sha256_file)
 from .data import Dataset, open_image
 from .evaluation import store_overview_reports, stored_diffusion_grid
 from .files import LOCK_NAME, regular_file
 from .extraction import INHERITED, entry_whitening, whitening_arrays
 from .method import Method
+from .topkstore import StaleTopK, checked_topk, is_distractor_key, reduced_from, stored_evaluations
 
 BUNDLE_FORMAT = 2
 MAX_FILE_BYTES = 100 * 1024 * 1024
@@ -115,8 +125,10 @@ def _file_table(root: Path) -> dict:
     for path in sorted(p for p in root.rglob("*") if p.is_file() and p.name not in ("bundle.json", LOCK_NAME)):
         size = path.stat().st_size
         if size > MAX_FILE_BYTES:
+            remedy = ("leave out the distractor evaluations (--no-distractors)" if is_distractor_key(
+                path.relative_to(root).parts[0]) else "reduce the descriptors (e.g. --reduce pca:256)")
             raise BundleError(f"{path}: {size / 2**20:.0f} MiB, over GitHub's 100 MB file limit; "
-                              f"reduce the descriptors (e.g. --reduce pca:256) or use fewer methods")
+                              f"{remedy} or use fewer methods")
         table[path.relative_to(root).as_posix()] = {"sha256": sha256_file(path), "bytes": size}
     return table
 
@@ -135,13 +147,49 @@ def _copy_converted_model(entry, bundle_root: Path) -> None:
             shutil.copyfile(path, bundle_root / MODELS_DIR / path.name)
 
 
+def _carry_distractor_evaluations(cache_root: Path, dataset: Dataset, entries: dict, bundle_root: Path) -> list[str]:
+    """Copy the stored distractor evaluations the dashboard would serve for `dataset` and the
+    bundled `entries` (each method's longest lists per protocol), each first checked against
+    the cache entries it was computed from, with the thumbnails they can show; their names.
+    A stale or damaged one stops the build (BundleError naming it): it would be refused when served."""
+    from .thumbshard import copy_shard, shown_distractors
+
+    shown: dict[str, list[str]] = {}
+    names = set()
+    for evaluation in stored_evaluations(cache_root).values():
+        if evaluation.dataset_key != dataset_key(dataset):
+            continue
+        for (method, protocol), path in evaluation.files.items():
+            entry = entries.get(method.descriptor_key())
+            if entry is None:
+                continue
+            try:
+                if protocol not in dataset.gnd:
+                    raise StaleTopK(f"{path}: computed for protocol {protocol!r}, which {dataset.name} lacks")
+                stored = checked_topk(path, dataset, protocol, entry.manifest, read_manifest(path.parent), method)
+            except (StaleTopK, CacheError) as exc:
+                raise BundleError(f"{exc}; or leave the distractor evaluations out (--no-distractors)") from None
+            target = bundle_root / evaluation.distractor_key / path.parent.name
+            target.mkdir(parents=True, exist_ok=True)
+            for file in (path.parent / "manifest.json", path):
+                shutil.copyfile(file, target / file.name)
+            shown.setdefault(evaluation.distractor_key, []).extend(
+                stored.distractor_path(i + stored.n_db) for i in shown_distractors(stored.topk.ids, stored.n_db))
+            names.add(evaluation.name)
+    for distractor_key, wanted in shown.items():
+        copy_shard(Path(cache_root) / distractor_key, bundle_root / distractor_key, wanted)
+    return sorted(names)
+
+
 def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out: Path,
                  reduce: str = "float16", thumb_size: int = 256, layouts: bool = True,
-                 grid_protocols: tuple[str, ...] | None = None, progress=None, models: bool = True) -> dict:
+                 grid_protocols: tuple[str, ...] | None = None, progress=None, models: bool = True,
+                 distractors: bool = True) -> dict:
     """Assemble a bundle at `out` from validated cache entries; returns its manifest.
 
     `models=False` leaves out the entries' converted OpenVINO models (megabytes each): an
-    upload is then described with torch.
+    upload is then described with torch. `distractors=False` leaves out the stored
+    evaluations against distractors.
     """
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -166,7 +214,8 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             inherited = {k: v for k, v in entry.manifest.items() if k in INHERITED + ("whitening", "head")}
             # An uploaded query is whitened as the entry was; a PCA-reduced entry cannot take it.
             whitening = whitening_arrays(entry_whitening(entry)) if reduce == "float16" else {}
-            save_entry(tmp, shared, method, db, queries, {**inherited, **note}, arrays=whitening)
+            save_entry(tmp, shared, method, db, queries,
+                       {**inherited, **note, "reduced_from": reduced_from(entry.manifest)}, arrays=whitening)
             if reduce == "float16" and models:
                 _copy_converted_model(entry, tmp)
             bundled = load_entry(tmp, shared, method)
@@ -176,6 +225,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             if layouts:
                 from .manifold import stored_layouts
                 stored_layouts(shared, bundled, progress=progress)
+        carried = _carry_distractor_evaluations(cache_root, dataset, entries, tmp) if distractors else []
         files = _file_table(tmp)
         manifest = {
             "format": BUNDLE_FORMAT,
@@ -186,6 +236,7 @@ def build_bundle(cache_root: Path, dataset: Dataset, methods: list[Method], out:
             "dataset_key": key_dir.name,
             "names_sha1": names_hash(dataset.images),
             "methods": [m.to_dict() for m in entries],
+            "distractor_evaluations": carried,
             "reduce": reduce,
             "thumb_size": thumb_size,
             "files": files,

@@ -351,13 +351,14 @@ def cmd_bundle(args) -> int:
     methods = cached_methods(cache, dataset, args.methods)
     manifest = build_bundle(cache, dataset, methods, args.out, reduce=args.reduce,
                             thumb_size=args.thumb_size, layouts=not args.no_layouts,
-                            progress=tqdm_progress())
+                            progress=tqdm_progress(), distractors=not args.no_distractors)
     largest = max(manifest["files"].items(), key=lambda item: item[1]["bytes"])
     print_json({"bundle": str(args.out), "files": len(manifest["files"]),
                 "total_bytes": manifest["total_bytes"],
                 "total_mib": round(manifest["total_bytes"] / 2**20, 1),
                 "largest_file": {"path": largest[0], "bytes": largest[1]["bytes"]},
-                "methods": [m["backbone"] + "-" + m["pooling"] for m in manifest["methods"]]})
+                "methods": [m["backbone"] + "-" + m["pooling"] for m in manifest["methods"]],
+                "distractor_evaluations": manifest["distractor_evaluations"]})
     return 0
 
 
@@ -471,13 +472,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--test-root", type=Path)
     p.set_defaults(func=cmd_finetune)
 
-    p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids and layouts for sharing")
+    p = sub.add_parser("bundle", help="package cached descriptors, thumbnails, grids, layouts and "
+                                      "distractor evaluations for sharing")
     p.add_argument("--dataset", required=True, help="cached dataset: name (e.g. paris6k) or cache key")
     p.add_argument("--methods", nargs="*", help="descriptor slugs (default: every cached one)")
     p.add_argument("--out", required=True, type=Path, help="new folder for the bundle")
     p.add_argument("--reduce", default="float16", help="float16 (default) or pca:DIM")
     p.add_argument("--thumb-size", type=int, default=256, help="thumbnail max side in px")
     p.add_argument("--no-layouts", action="store_true", help="skip the UMAP layouts (minutes each)")
+    p.add_argument("--no-distractors", action="store_true",
+                   help="leave out the stored evaluations against distractors (their top-K lists and thumbnails)")
     p.add_argument("--cache", type=Path, default=None, help="cache folder (default $CBIR_CACHE_DIR or ./cache)")
     p.set_defaults(func=cmd_bundle)
 

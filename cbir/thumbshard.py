@@ -73,6 +73,22 @@ def write_shard(folder: Path, root: Path, names: list[str], size: int = SIZE) ->
         buffer = io.BytesIO()
         small.save(buffer, format="JPEG", quality=85)
         thumbs[name], added = buffer.getvalue(), added + 1
+    _write(folder, thumbs)
+    return {"thumbnails": len(thumbs), "added": added, "unreadable": unreadable}
+
+
+def copy_shard(source: Path, target: Path, names: list[str]) -> int:
+    """Write into `target` a shard of those of `names` whose thumbnail the shard in `source` holds
+    intact (a bundle carries only what its lists can show); returns how many, writing nothing for none."""
+    index = read_index(source)
+    thumbs = {name: data for name in dict.fromkeys(names)
+              if (data := read_thumbnail(source, name, index)) is not None}
+    if thumbs:
+        _write(Path(target), thumbs)
+    return len(thumbs)
+
+
+def _write(folder: Path, thumbs: dict[str, bytes]) -> None:
     blob, index, offset = bytearray(), {}, 0
     for name, data in thumbs.items():
         index[name] = [offset, len(data), hashlib.sha256(data).hexdigest()]
@@ -80,4 +96,3 @@ def write_shard(folder: Path, root: Path, names: list[str], size: int = SIZE) ->
         offset += len(data)
     atomic_write_bytes(folder / BLOB, bytes(blob))
     atomic_write_text(folder / INDEX, json.dumps(index))
-    return {"thumbnails": len(thumbs), "added": added, "unreadable": unreadable}

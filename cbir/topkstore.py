@@ -8,6 +8,12 @@ the names of the distractors its lists hold: the dashboard serves it without the
 distractors' dataset description (a million names) or descriptors, and `evaluate`
 reuses it instead of searching again. A damaged, older or stale file raises `StaleTopK`
 naming it; it is never used.
+
+A bundle (`cbir.bundle`) carries the lists but reduced descriptors (float16 or PCA): its
+entry's manifest records the full-precision entry it was reduced from (`reduced_from`,
+checked against the cache when the bundle was built, then covered by the bundle's
+checksums), and inside a verified bundle the lists are checked against that record. Their
+figures are those of the full-precision descriptors, and say so (`computed_on`).
 """
 from __future__ import annotations
 
@@ -55,6 +61,11 @@ def entry_sources(manifest: dict) -> dict:
             "files": {name: manifest.get("files", {}).get(name) for name in ("db.npy", "queries.npy")}}
 
 
+def reduced_from(manifest: dict) -> dict:
+    """What a bundle's reduced entry records of the full-precision entry `manifest` describes."""
+    return {"sources": entry_sources(manifest), "dim": manifest.get("dim"), "dtype": manifest.get("dtype")}
+
+
 def provenance(dataset: Dataset, protocol: str, method: Method, k: int, manifest: dict, distractor_manifest: dict,
                name: str, distractor_root: str, ranking: dict | None = None) -> dict:
     """What a stored evaluation was computed from, and what it is (the file's name is not relied on).
@@ -83,6 +94,7 @@ class StoredTopK:
     n_db: int
     distractor_ids: np.ndarray = field(repr=False)
     distractor_paths: np.ndarray = field(repr=False)
+    computed_on: dict | None = None  # in a bundle: the full-precision entry (`reduced_from`) the lists came from
 
     @property
     def name(self) -> str:
@@ -100,6 +112,8 @@ class StoredTopK:
         report["n_distractors"] = self.topk.n_ranked - self.n_db
         report["topk_file"] = str(self.path)
         report.update(self.provenance.get("ranking") or {})
+        if self.computed_on is not None:
+            report["computed_on"] = {"dim": self.computed_on.get("dim"), "dtype": self.computed_on.get("dtype")}
         return report
 
 
@@ -126,17 +140,23 @@ def _recorded_method(record: dict) -> Method | None:
 
 
 def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, distractor_manifest: dict,
-                 method: Method | None = None) -> StoredTopK:
+                 method: Method | None = None, in_bundle: bool = False) -> StoredTopK:
     """The stored evaluation at `path` once it was computed (by `method`, when given) from exactly
     these descriptors (both manifests) and this ground truth, and its lists are consistent;
-    StaleTopK otherwise."""
+    StaleTopK otherwise. `in_bundle`: `manifest` is a verified bundle's reduced entry, and the
+    lists must come from the full-precision entry it records (`reduced_from`)."""
     record = read_provenance(path)
     rerun = "run `python -m cbir evaluate ... --distractors ...` again to recompute it"
+    if in_bundle:
+        rerun += ", then rebuild the bundle"
     if method is not None and _recorded_method(record) != method:
         raise StaleTopK(f"{path}: computed by another method than {method.label()}; {rerun}")
-    for side, current in (("database", manifest), ("distractors", distractor_manifest)):
-        if record.get(side) != entry_sources(current):
-            raise StaleTopK(f"{path}: computed from other {side} descriptors than the cache now holds; {rerun}")
+    computed_on = manifest.get("reduced_from") if in_bundle else None
+    database = (computed_on or {}).get("sources") if in_bundle else entry_sources(manifest)
+    for side, current in (("database", database), ("distractors", entry_sources(distractor_manifest))):
+        if record.get(side) != current:
+            raise StaleTopK(f"{path}: computed from other {side} descriptors than the "
+                            f"{'bundle was built from' if in_bundle else 'cache now holds'}; {rerun}")
     if record.get("dataset_key") != dataset_key(dataset) or record.get("protocol") != protocol:
         raise StaleTopK(f"{path}: computed for {record.get('dataset_key')} {record.get('protocol')}, "
                         f"not {dataset_key(dataset)} {protocol}")
@@ -155,7 +175,7 @@ def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, di
     if problem:
         raise StaleTopK(f"{path}: damaged ({problem}); {rerun}")
     return StoredTopK(topk, record, Path(path), n_db, topk.extra.get("distractor_ids", np.zeros(0, np.int64)),
-                      topk.extra.get("distractor_paths", np.zeros(0, bytes)))
+                      topk.extra.get("distractor_paths", np.zeros(0, bytes)), computed_on)
 
 
 def _inconsistency(topk: TopK, gnd: list[dict], n_db: int, n_ranked: int) -> str | None:

@@ -175,10 +175,6 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     with st.sidebar:
         if source == "demo":
             st.info(SHORT_DEMO_NOTICE)
-        elif bundle is not None:
-            st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px "
-                       "thumbnails): figures can differ from full-precision descriptors in the last "
-                       "digits; extracting needs the original images and torch (requirements-extract.txt).")
         evaluations, problems = stored_topk.evaluations()
         for problem in problems:
             st.error(f"Stored distractor evaluation left out: {problem}")
@@ -193,6 +189,12 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
         dataset = found[key]
         st.caption(dataset.status_line() + ("; stored top-K lists against the distractors (no descriptors "
                                             "loaded)" if evaluation else ""))
+        if bundle is not None and source != "demo":
+            st.caption(f"Serving a bundle ({bundle['reduce']} descriptors, {bundle['thumb_size']} px thumbnails): "
+                       + ("its figures were computed on the full-precision descriptors, and are served from the "
+                          "stored top-K lists" if evaluation else "figures can differ from full-precision "
+                          "descriptors in the last digits")
+                       + "; extracting needs the original images and torch (requirements-extract.txt).")
         protocol = state.select("Protocol", "protocol", evaluation.protocols if evaluation else
                                 list(dataset.protocols), what="protocol")
         params = diffusion_params(len(dataset.images))

@@ -6,7 +6,8 @@ a message naming it. Nothing here reads the distractors' descriptors or their da
 description (a million rows, a million names): the report, the curves and the explorer's
 gallery come from the lists, and a distractor tile is read only when it is shown: from
 the thumbnail shard when the cache holds one (`cbir.thumbshard`), else from its image
-under the distractors' root (a placeholder naming it when it is missing).
+under the distractors' root (a placeholder naming it when it is missing). A bundle carries
+the lists, their thumbnails and the manifests they are checked against (`cbir.bundle`).
 """
 from __future__ import annotations
 
@@ -47,14 +48,16 @@ def stored(view, method: Method) -> StoredTopK:
     dataset_file = cache_root() / view.key / "dataset.json"
     return _stored(*loaders.entry_identity(view.key, method), method, view.protocol, str(path),
                    loaders.file_stamp(path), loaders.file_stamp(path.parent / "manifest.json"),
-                   loaders.file_stamp(dataset_file))
+                   loaders.file_stamp(dataset_file), loaders.bundle_manifest() is not None)
 
 
 @st.cache_resource(max_entries=16, show_spinner="Checking the stored top-K lists...")
 def _stored(root: str, key: str, slug: str, stamp: int, method: Method, protocol: str, path: str,
-            topk_stamp: int, distractor_stamp: int, dataset_stamp: int) -> StoredTopK:
+            topk_stamp: int, distractor_stamp: int, dataset_stamp: int, in_bundle: bool) -> StoredTopK:
+    """In a verified bundle the lists are checked against the full-precision entry the bundled one
+    was reduced from (`cbir.topkstore`)."""
     return checked_topk(Path(path), loaders.datasets()[key], protocol, loaders.manifest(key, method),
-                        read_manifest(Path(path).parent))
+                        read_manifest(Path(path).parent), in_bundle=in_bundle)
 
 
 def report(view, method: Method) -> dict:

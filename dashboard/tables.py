@@ -58,8 +58,9 @@ def distractor_overview(view) -> tuple[pd.DataFrame, list[str], list[str]]:
     """The Overview's table of a stored distractor evaluation, from each method's top-K lists, with
     their length K and how many queries have positives beyond it; the files refused (named);
     the caveats: the mAP label of each method whose lists are truncated ("truncated at K=1000:
-    ..."), and what a re-ranking approximated (truncation, approximate kNN graph and its recall)."""
-    rows, errors, caveats = [], [], []
+    ..."), what a re-ranking approximated (truncation, approximate kNN graph and its recall), and,
+    in a bundle, that the figures come from the full-precision descriptors, not the bundled ones."""
+    rows, errors, caveats, computed_on = [], [], [], []
     for method in view.options.values():
         try:
             report = stored_topk.report(view, method)
@@ -71,8 +72,15 @@ def distractor_overview(view) -> tuple[pd.DataFrame, list[str], list[str]]:
             caveats.append(f"{method.label()}: {report['mAP_label']}")
         if "truncate" in report:
             caveats.append(f"Approximate: {report['method']}.")
+        if "computed_on" in report:  # the dimension the figures were computed with
+            manifest = {**manifest, "dim": report["computed_on"]["dim"]}
+            computed_on.append(f"{method.label()} ({report['computed_on']['dtype']}, {report['computed_on']['dim']}-D)")
         rows.append({**_row(view.name, method, manifest, report), "K": report["truncated_at"],
                      "queries truncated": report["n_queries_truncated"], "distractors": report["n_distractors"]})
+    if computed_on:
+        caveats.append("Computed on the full-precision descriptors when the lists were stored: "
+                       f"{', '.join(computed_on)}. The bundle carries each query's top-K list, not those "
+                       "descriptors (its reduced ones serve the benchmark alone).")
     return _sorted(pd.DataFrame(rows, columns=HEADLINE + DISTRACTOR_COLUMNS)), errors, caveats
 
 

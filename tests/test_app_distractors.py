@@ -211,3 +211,106 @@ def test_the_benchmarks_overview_points_to_its_distractor_evaluation(served):
     assert any(f"Also evaluated against distractors: {NAME}" in c.value for c in at.caption)
     at = app(dataset=evaluation.key)
     assert not any("Also evaluated against" in c.value for c in at.caption)
+
+
+# --- in a bundle (`python -m cbir bundle`): what Community Cloud serves --------------------------
+
+def bundle_of(served, tmp_path, monkeypatch, reduce="float16"):
+    """The served cache's benchmark bundled (the distractors' thumbnails in the cache first), the
+    distractor images deleted and the app pointed at the bundle; (bundle, its manifest)."""
+    from cbir.bundle import build_bundle
+    from cbir.distractors import distractor_dataset, evaluate_against
+
+    cache, dataset, root, _ = served
+    for method in METHODS:
+        evaluate_against(dataset, load_entry(cache, dataset, method), method, distractor_dataset(root), cache,
+                         "original", k=10, thumbnails=True)
+    out = tmp_path / "bundle"
+    manifest = build_bundle(cache, dataset, list(METHODS), out, reduce=reduce, layouts=False, grid_protocols=())
+    for path in (root / "jpg").rglob("*.jpg"):
+        path.unlink()
+    monkeypatch.setenv("CBIR_CACHE_DIR", str(out))
+    return out, manifest
+
+
+@pytest.mark.parametrize("reduce", ["float16", "pca:8"])
+def test_a_bundle_serves_the_evaluation_with_the_caches_figures(served, tmp_path, monkeypatch, reduce):
+    from dashboard import stored_topk
+
+    cache, dataset, _, evaluation = served
+    expected = reports(cache, dataset, evaluation)
+    out, manifest = bundle_of(served, tmp_path, monkeypatch, reduce)
+    assert manifest["distractor_evaluations"] == [NAME]
+    carried = sorted(n.split("/", 1)[1] for n in manifest["files"] if n.startswith(evaluation.distractor_key))
+    assert carried == sorted([f"{p.parent.name}/{p.name}" for p in evaluation.files.values()]
+                             + [f"{m.slug()}/manifest.json" for m in METHODS] + ["thumbs.bin", "thumbs.json"])
+    at = app(dataset=evaluation.key)
+    no_exception(at)
+    assert not at.error
+    table = at.dataframe[0].value.set_index("method")
+    assert sorted(table.index) == sorted(expected)
+    for label, report in expected.items():  # the lists' figures, not the reduced descriptors'
+        assert table.loc[label, "mAP"] == pytest.approx(100 * report["mAP"])
+        assert table.loc[label, "mP@10"] == pytest.approx(100 * report["mP@10"])
+        assert table.loc[label, "queries truncated"] == report["n_queries_truncated"]
+        assert table.loc[label, "dim"] == 32  # what they were computed with, also under pca:8
+    assert any(w.value.startswith("Computed on the full-precision descriptors") and "float32, 32-D" in w.value
+               for w in at.warning)
+    assert any("computed on the full-precision descriptors" in c.value for c in at.sidebar.caption)
+
+    at = app("pages/2_Query_explorer.py", dataset=evaluation.key, query="arch_00", methods=[METHODS[1].slug()])
+    no_exception(at)
+    assert not at.error
+    tiles = [c for c in captions(at) if c.startswith("#")]
+    shown = [c.split()[1] for c in tiles if "R1M distractor" in c]
+    assert len(tiles) == 10 and shown
+    assert all(stored_topk.shard_tile(evaluation.distractor_key, name) for name in shown)  # the images are gone
+    assert at.metric[0].value == f"{100 * expected[METHODS[1].label()]['per_query'][0]['ap']:.2f}"
+
+
+def test_the_bundle_checks_the_lists_against_the_entry_it_was_reduced_from(served, tmp_path, monkeypatch):
+    from cbir.cache import list_datasets
+
+    out, _ = bundle_of(served, tmp_path, monkeypatch)
+    (bundled,) = stored_evaluations(out).values()
+    (shared,) = list_datasets(out).values()  # the distractors' description is not carried
+    path = bundled.files[(METHODS[0], "original")]
+    manifest = load_entry(out, shared, METHODS[0]).manifest
+    checked = checked_topk(path, shared, "original", manifest, read_manifest(path.parent), in_bundle=True)
+    assert checked.report(shared, "original")["computed_on"] == {"dim": 32, "dtype": "float32"}
+    with pytest.raises(ValueError, match="other database descriptors than the cache now holds"):
+        checked_topk(path, shared, "original", manifest, read_manifest(path.parent))  # float16: other checksums
+    other = json.loads(json.dumps(manifest))
+    other["reduced_from"]["sources"]["files"]["db.npy"] = "0" * 64
+    with pytest.raises(ValueError, match="other database descriptors than the bundle was built from"):
+        checked_topk(path, shared, "original", other, read_manifest(path.parent), in_bundle=True)
+
+
+def test_a_stale_evaluation_is_not_bundled(served, tmp_path):
+    from cbir.bundle import BundleError, build_bundle
+
+    cache, dataset, _, evaluation = served
+    entry = load_entry(cache, dataset, METHODS[0])
+    save_entry(cache, dataset, METHODS[0], entry.db[::-1].copy(), entry.queries)  # re-extracted database
+    stale = evaluation.files[(METHODS[0], "original")]
+    with pytest.raises(BundleError, match=f"{stale}: computed from other database descriptors.*--no-distractors"):
+        build_bundle(cache, dataset, list(METHODS), tmp_path / "bundle", layouts=False, grid_protocols=())
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("damaged", ["topk", "thumbs.bin"])
+def test_a_tampered_list_or_shard_in_a_bundle_is_refused_naming_it(served, tmp_path, monkeypatch, damaged):
+    from cbir.bundle import BundleError, verify_bundle
+
+    _, _, _, evaluation = served
+    out, manifest = bundle_of(served, tmp_path, monkeypatch)
+    name = next(n for n in manifest["files"] if n.startswith(evaluation.distractor_key) and damaged in n)
+    data = bytearray((out / name).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (out / name).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{out / name}: contents differ"):
+        verify_bundle(out)
+    at = app(dataset=evaluation.key)
+    no_exception(at)
+    assert any(e.value.startswith("Refusing to serve this bundle") and str(out / name) in e.value for e in at.error)
+    assert not at.dataframe

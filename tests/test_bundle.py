@@ -267,3 +267,23 @@ def test_real_bundle_serves_every_page_without_the_originals(paris250_lite0_cach
 def list_entries_of(cache, dataset):
     from cbir.cache import dataset_key, list_entries
     return list_entries(cache, dataset_key(dataset))
+
+
+def test_bundle_command_carries_the_distractor_evaluations_unless_told_not_to(tmp_path, capsys):
+    from cbir.cli import main
+    from dashboard_fixture import make_distractor_evaluation
+
+    _, cache_dir, dataset = build(tmp_path)
+    distractors, _ = make_distractor_evaluation(tmp_path, cache_dir, dataset)
+    distractor_key = dataset_dir(cache_dir, distractors).name
+    common = ["bundle", "--dataset", "tiny", "--cache", str(cache_dir), "--no-layouts"]
+    assert main([*common, "--out", str(tmp_path / "with")]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["distractor_evaluations"] == ["tiny + R1M (12 of 1001001 images)"]
+    carried = sorted(p.relative_to(tmp_path / "with" / distractor_key).as_posix()
+                     for p in (tmp_path / "with" / distractor_key).rglob("*") if p.is_file())
+    assert carried and all(name.endswith(("/manifest.json", "-k10.npz")) for name in carried)  # no arrays, no names
+    assert main([*common, "--out", str(tmp_path / "without"), "--no-distractors"]) == 0
+    assert json.loads(capsys.readouterr().out)["distractor_evaluations"] == []
+    assert not (tmp_path / "without" / distractor_key).exists()
+    assert verify_bundle(tmp_path / "without")["distractor_evaluations"] == []
