@@ -53,8 +53,9 @@ def build_demo(root: Path, out: Path, cache: Path, progress=None) -> dict:
     for method in methods:  # the first of a backbone extracts its four poolings in one pass
         ensure_descriptors(dataset, method, cache, progress)
     # No converted models: three of them would exceed the 25 MB; an upload is described with torch.
+    # No distractor evaluations: the demo is Paris6k-250 alone, whatever else the cache holds.
     manifest = build_bundle(cache, dataset, methods, out, reduce="float16", thumb_size=256, progress=progress,
-                            models=False)
+                            models=False, distractors=False)
     if manifest["total_bytes"] > MAX_BYTES:
         raise ValueError(f"{out}: {manifest['total_bytes'] / 2**20:.1f} MiB, over the demo's 25 MB limit")
     return manifest
