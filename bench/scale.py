@@ -15,10 +15,13 @@ Each line carries the process's peak resident memory so far. `--keep DIR` stores
 there (a rerun loads it) instead of a temporary folder.
 
 Extraction, on `--images` generated 160 x 120 pictures, Lite0 (random weights, the same
-cost as ImageNet's) at 128 px on the torch runtime: in-process against Ray Data (local
-instance, started before timing) with 1 and 2 model actors, images per second each. The
-in-process figure is taken after a warm-up extraction (imports, model); Ray's include its
-actors' start and model loading, as a job's would.
+cost as ImageNet's) at 128 px on the torch runtime, or with `--photos DIR` the first
+`--images` Paris6k-250 photos at 1024 px (ImageNet Lite0, four poolings, the default CPU
+runtime): in-process against Ray Data (local instance, started before timing) with 1 and 2
+model actors, images per second each, of the whole job and at steady state (from a second
+run on a quarter of the images). The in-process figure is taken after a warm-up extraction
+(imports, model, conversion); Ray's whole-job figure includes its actors' start and model
+loading, as a job's would.
 """
 from __future__ import annotations
 
@@ -98,38 +101,82 @@ def bench_search(n: int, dim: int, keep: Path | None) -> None:
            ms_per_query_after_alpha_change=round(1000 * again / N_QUERIES, 1))
 
 
-def bench_ray(n_images: int) -> None:
+def ray_workload(n_images: int, photos: Path | None, tmp: Path):
+    """(dataset, methods, runtime) of the Ray comparison: the first `n_images` Paris6k-250 photos
+    with Lite0's ImageNet weights at 1024 px on the OpenVINO runtime (`--photos DIR`), else
+    generated 160 x 120 pictures, random weights, 128 px, torch."""
+    from dataclasses import replace
+
     from PIL import Image
 
     from cbir.data import load_dataset
+    from cbir.method import Method
+    from cbir.runtime import default_runtime
+
+    if photos is not None:
+        full = load_dataset("paris6k", photos)
+        dataset = replace(full, images=full.images[:n_images], paths=full.paths[:n_images],
+                          labels=full.labels[:n_images], queries=[], gnd={p: [] for p in full.gnd})
+        return dataset, [Method(pooling=p) for p in ("mac", "spoc", "gem", "rmac")], default_runtime()
+    rng = np.random.default_rng(0)
+    root = tmp / "images"
+    for i in range(n_images):
+        (root / f"c{i % 5}").mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(root / f"c{i % 5}" / f"{i:04d}.jpg", quality=90)
+    return load_dataset("folder", root, queries=1), [Method(pooling="gem", size=128, weights="random")], "torch"
+
+
+def fresh_cache(tmp: Path, name: str) -> Path:
+    """An empty cache that shares the warm-up's converted models (conversion is not timed)."""
+    from cbir.runtime import MODELS_DIR
+
+    cache = tmp / name
+    cache.mkdir()
+    if (tmp / "warm-up" / MODELS_DIR).is_dir():
+        (cache / MODELS_DIR).symlink_to(tmp / "warm-up" / MODELS_DIR, target_is_directory=True)
+    return cache
+
+
+def bench_ray(n_images: int, photos: Path | None) -> None:
+    """Each engine on all the images and on a quarter of them: images/s of the whole job, and
+    at steady state (the images between the two runs over the time between them), which
+    leaves out what a job pays once (Ray's actors starting, loading and compiling the model)."""
+    from dataclasses import replace
+
     from cbir.distributed import RayEngine, start_ray
     from cbir.extraction import extract
-    from cbir.method import Method
 
-    rng = np.random.default_rng(0)
-    methods = [Method(pooling="gem", size=128, weights="random")]
     with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp) / "images"
-        for i in range(n_images):
-            (root / f"c{i % 5}").mkdir(parents=True, exist_ok=True)
-            pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
-            Image.fromarray(pixels).save(root / f"c{i % 5}" / f"{i:04d}.jpg", quality=90)
-        dataset = load_dataset("folder", root, queries=1)
-        extract(dataset, methods, Path(tmp) / "warm-up", runtime="torch")  # imports, weights: not timed
-        start = time.perf_counter()
-        extract(dataset, methods, Path(tmp) / "local", runtime="torch")
-        local = time.perf_counter() - start
-        n = len(dataset.images)  # each query is a database image, described once
-        report("extraction in-process", images=n, images_per_second=round(n / local, 2))
+        dataset, methods, runtime = ray_workload(n_images, photos, Path(tmp))
+        extract(dataset, methods, Path(tmp) / "warm-up", runtime=runtime)  # imports, weights, conversion: not timed
+        n, part = len(dataset.images), max(1, len(dataset.images) // 4)  # each query is a database image
+        quarter = replace(dataset, images=dataset.images[:part], paths=dataset.paths[:part],
+                          labels=dataset.labels[:part], queries=[], gnd={p: [] for p in dataset.gnd})
+
+        def timed(name: str, engine) -> tuple[float, float]:
+            seconds = []
+            for subset in (dataset, quarter):
+                cache = fresh_cache(Path(tmp), f"{name}-{len(subset.images)}")
+                start = time.perf_counter()
+                extract(subset, methods, cache, runtime=runtime, engine=engine)
+                seconds.append(time.perf_counter() - start)
+            return seconds[0], (n - part) / (seconds[0] - seconds[1])
+
+        local, local_steady = timed("local", None)
+        report("extraction in-process", images=n, runtime=runtime, size=methods[0].size,
+               images_per_second=round(n / local, 2), steady_images_per_second=round(local_steady, 2))
         start = time.perf_counter()
         start_ray(None)
         report("ray start", seconds=round(time.perf_counter() - start, 2))
+        start = time.perf_counter()  # Ray's first job also starts its worker processes: not a job's cost
+        extract(quarter, methods, fresh_cache(Path(tmp), "ray-warm-up"), runtime=runtime, engine=RayEngine(actors=1))
+        report("ray first job (worker processes started)", images=part, seconds=round(time.perf_counter() - start, 2))
         for actors in (1, 2):
-            start = time.perf_counter()
-            extract(dataset, methods, Path(tmp) / f"ray{actors}", runtime="torch", engine=RayEngine(actors=actors))
-            seconds = time.perf_counter() - start
+            seconds, steady = timed(f"ray{actors}", RayEngine(actors=actors))
             report("extraction ray", actors=actors, images=n, images_per_second=round(n / seconds, 2),
-                   ratio_to_in_process=round(local / seconds, 3))
+                   ratio_to_in_process=round(local / seconds, 3), steady_images_per_second=round(steady, 2),
+                   steady_ratio_to_in_process=round(steady / local_steady, 3))
 
 
 def main() -> None:
@@ -139,12 +186,14 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=50, help="images for the extraction comparison")
     parser.add_argument("--skip-ray", action="store_true")
     parser.add_argument("--skip-search", action="store_true")
+    parser.add_argument("--photos", type=Path, default=None,
+                        help="Ray comparison on this Paris6k-250 folder's photos at 1024 px (OpenVINO)")
     parser.add_argument("--keep", type=Path, default=None, help="store the index in DIR (a rerun loads it)")
     args = parser.parse_args()
     if not args.skip_search:
         bench_search(args.n, args.dim, args.keep)
     if not args.skip_ray:
-        bench_ray(args.images)
+        bench_ray(args.images, args.photos)
 
 
 if __name__ == "__main__":
