@@ -161,11 +161,12 @@ def bench_ray(n_images: int, photos: Path | None) -> None:
                 start = time.perf_counter()
                 extract(subset, methods, cache, runtime=runtime, engine=engine)
                 seconds.append(time.perf_counter() - start)
-            return seconds[0], (n - part) / (seconds[0] - seconds[1])
+            extra = seconds[0] - seconds[1]  # None: the fixed cost's noise exceeds the extra images' time
+            return seconds[0], (n - part) / extra if extra > 0 else None
 
         local, local_steady = timed("local", None)
         report("extraction in-process", images=n, runtime=runtime, size=methods[0].size,
-               images_per_second=round(n / local, 2), steady_images_per_second=round(local_steady, 2))
+               images_per_second=round(n / local, 2), steady_images_per_second=local_steady and round(local_steady, 2))
         start = time.perf_counter()
         start_ray(None)
         report("ray start", seconds=round(time.perf_counter() - start, 2))
@@ -175,8 +176,8 @@ def bench_ray(n_images: int, photos: Path | None) -> None:
         for actors in (1, 2):
             seconds, steady = timed(f"ray{actors}", RayEngine(actors=actors))
             report("extraction ray", actors=actors, images=n, images_per_second=round(n / seconds, 2),
-                   ratio_to_in_process=round(local / seconds, 3), steady_images_per_second=round(steady, 2),
-                   steady_ratio_to_in_process=round(steady / local_steady, 3))
+                   ratio_to_in_process=round(local / seconds, 3), steady_images_per_second=steady and round(steady, 2),
+                   steady_ratio_to_in_process=round(steady / local_steady, 3) if steady and local_steady else None)
 
 
 def main() -> None:

@@ -28,6 +28,12 @@ LOCAL_CPUS = 2
 # that Ray Data does not fuse decoding into the actors.
 DECODE_CPUS = 0.25
 ACTOR_CPUS = 0.5
+# On a local instance, decoding tasks at once per model actor. Ray would otherwise start one per
+# free quarter CPU share: on 2 cores four decoding processes preempt the forward's threads
+# (each stall holds the other thread at the next barrier), and Ray ran at 0.64x the
+# in-process extractor on Paris6k-250 photos against 0.98x at steady state with one per actor
+# (bench/scale.py --photos). On a cluster (an address) Ray schedules decoding over its CPUs.
+LOCAL_DECODE_TASKS_PER_ACTOR = 1
 
 
 def import_ray():
@@ -147,7 +153,8 @@ class RayEngine:
         gpu = self.spec["device"] == "cuda"
         threads = self.threads or max(1, int(ray.cluster_resources().get("CPU", LOCAL_CPUS)) // self.actors)
         described = (ray.data.from_items(rows, override_num_blocks=len(rows))
-                     .map(decode_chunk, fn_kwargs={"size": heads[0].method.size}, num_cpus=DECODE_CPUS)
+                     .map(decode_chunk, fn_kwargs={"size": heads[0].method.size}, num_cpus=DECODE_CPUS,
+                          concurrency=None if self.address else LOCAL_DECODE_TASKS_PER_ACTOR * self.actors)
                      .map_batches(ChunkActor, batch_size=1, compute=ray.data.ActorPoolStrategy(size=self.actors),
                                   num_cpus=ACTOR_CPUS, num_gpus=1 if gpu else 0,
                                   fn_constructor_kwargs={"spec": {**self.spec, "cache_root": str(self.spec["cache_root"])},
