@@ -87,7 +87,8 @@ def add_method_args(p: argparse.ArgumentParser, many_poolings: bool) -> None:
     p.add_argument("--engine", choices=("local", "ray"), default="local",
                    help="where descriptors are computed: this process, or Ray Data (requirements-scale.txt)")
     p.add_argument("--address", default=None, help="--engine ray: the cluster's address (default: a local Ray)")
-    p.add_argument("--actors", type=int, default=2, help="--engine ray: model actors (one per GPU or CPU share)")
+    p.add_argument("--actors", type=int, default=None,
+                   help="--engine ray: model actors (default: one per GPU, else one per node)")
 
 
 def scale_list(text: str) -> tuple[float, ...]:

@@ -236,11 +236,12 @@ def _region_sample(fmap, index: int, quota: int) -> np.ndarray:
 
 
 def _versions() -> dict:
+    from importlib.metadata import version  # not `import timm`: OpenVINO extraction may never load it
+
     import PIL
-    import timm
     import torch
 
-    return {"cbir": __version__, "torch": torch.__version__, "timm": timm.__version__,
+    return {"cbir": __version__, "torch": torch.__version__, "timm": version("timm"),
             "numpy": np.__version__, "pillow": PIL.__version__}
 
 
@@ -507,10 +508,10 @@ def _extract_group(dataset, group, cache_root, backbone_name, weights, weights_f
     def get_backbone():
         nonlocal backbone
         if backbone is None:
-            from .backbones import load_backbone
+            from .runtime import runtime_backbone
 
-            loaded = load_backbone(backbone_name, weights, weights_file)
-            backbone = replace(loaded, model=loaded.model.to(device).to(memory_format=torch.channels_last))
+            backbone = runtime_backbone(runtime, backbone_name, weights, weights_file, device, cache_root,
+                                        group[0].size)
         return backbone
 
     def get_runner(n_threads: int):

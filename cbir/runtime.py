@@ -9,13 +9,17 @@ that is part of the method's name and cache key).
 A converted model depends on the backbone, its weights and the size policy; it is
 stored once under `<cache>/.models/` (OpenVINO IR, dynamic batch, height and width)
 and reused by every later extraction. The feature map comes back as a torch tensor
-so pooling is shared with the torch runtime.
+so pooling is shared with the torch runtime. The converted model's JSON also describes the
+backbone (mean, std, channels, parameters, weights), so a later OpenVINO extraction neither
+imports timm nor builds the torch network (`runtime_backbone`): a second or more seconds per
+command and per Ray actor.
 """
 from __future__ import annotations
 
 import importlib.util
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 RUNTIMES = ("torch", "openvino")
@@ -43,12 +47,12 @@ def check_runtime(runtime: str, device_type: str) -> None:
                              "(or pip install openvino), or choose --runtime torch")
 
 
-def model_stem(backbone, size: int) -> str:
+def model_stem(name: str, weights: str, weights_sha256: str | None, size: int) -> str:
     """File name of a converted model: backbone, weights (their hash) and the size policy."""
     import openvino
 
-    weights = (backbone.weights_sha256 or backbone.weights)[:16]
-    return f"{backbone.name}-{backbone.weights}-{weights}-max{size}-ov{openvino.__version__.split('-')[0]}"
+    digest = (weights_sha256 or weights)[:16]
+    return f"{name}-{weights}-{digest}-max{size}-ov{openvino.__version__.split('-')[0]}"
 
 
 def converted_model(backbone, cache_root: Path, size: int) -> tuple[Path, dict]:
@@ -57,7 +61,7 @@ def converted_model(backbone, cache_root: Path, size: int) -> tuple[Path, dict]:
     import torch
 
     folder = Path(cache_root) / MODELS_DIR
-    xml = folder / (model_stem(backbone, size) + ".xml")
+    xml = folder / (model_stem(backbone.name, backbone.weights, backbone.weights_sha256, size) + ".xml")
     about = xml.with_suffix(".json")
     if xml.is_file() and xml.with_suffix(".bin").is_file() and about.is_file():
         return xml, json.loads(about.read_text()) | {"conversion_cached": True}
@@ -70,11 +74,68 @@ def converted_model(backbone, cache_root: Path, size: int) -> tuple[Path, dict]:
     tmp = folder / (xml.stem + ".tmp.xml")
     openvino.save_model(model, tmp, compress_to_fp16=False)
     info = {"model_file": xml.name, "conversion_seconds": round(time.perf_counter() - start, 3),
-            "openvino": openvino.__version__}
+            "openvino": openvino.__version__, "backbone": backbone_description(backbone)}
     tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
     tmp.replace(xml)
     about.write_text(json.dumps(info))
     return xml, info | {"conversion_cached": False}
+
+
+DESCRIBED = ("name", "weights", "mean", "std", "channels", "n_params", "weights_sha256", "n_feature_params",
+             "weights_source")
+
+
+def backbone_description(backbone) -> dict:
+    return {field: getattr(backbone, field) for field in DESCRIBED}
+
+
+def weights_sha256(name: str, weights: str, weights_file: Path | None) -> str | None:
+    """The sha256 `load_backbone` would record, found without timm: of the weights file, or the
+    Lite package's; None for random weights; "" where only timm can resolve them (the hub)."""
+    from .backbones import ALIASES, lite_package_file
+    from .cache import sha256_file
+
+    if weights == "random":
+        return None
+    path = Path(weights_file) if weights_file is not None else lite_package_file(ALIASES.get(name, name))
+    return sha256_file(path) if path is not None and path.is_file() else ""
+
+
+def described_backbone(name: str, weights: str, weights_file: Path | None, cache_root: Path, size: int):
+    """The backbone as its converted model's JSON describes it (no network: `model` is None),
+    or None when the model is not converted yet or its JSON predates the description."""
+    from .backbones import Backbone
+
+    digest = weights_sha256(name, weights, weights_file)
+    if digest == "":
+        return None
+    xml = Path(cache_root) / MODELS_DIR / (model_stem(name, weights, digest, size) + ".xml")
+    try:
+        about = json.loads(xml.with_suffix(".json").read_text()).get("backbone")
+    except (OSError, ValueError):
+        return None
+    if not (xml.is_file() and xml.with_suffix(".bin").is_file() and isinstance(about, dict)
+            and set(about) == set(DESCRIBED) and about["weights_sha256"] == digest):
+        return None
+    source = {"weights_source": str(weights_file)} if weights_file is not None else {}  # where it is now
+    return Backbone(model=None, classifier=None,
+                    **{**about, "mean": tuple(about["mean"]), "std": tuple(about["std"]), **source})
+
+
+def runtime_backbone(runtime: str, name: str, weights: str, weights_file: Path | None, device, cache_root: Path,
+                     size: int):
+    """The backbone `make_forward` needs: for OpenVINO, its description when its model is already
+    converted (timm is then never imported); otherwise loaded, channels-last, on `device`."""
+    import torch
+
+    from .backbones import load_backbone
+
+    if runtime == "openvino":
+        described = described_backbone(name, weights, weights_file, cache_root, size)
+        if described is not None:
+            return described
+    loaded = load_backbone(name, weights, weights_file)
+    return replace(loaded, model=loaded.model.to(device).to(memory_format=torch.channels_last))
 
 
 class TorchForward:

@@ -131,3 +131,21 @@ def test_address_without_engine_ray_is_refused(folder, tmp_path, capsys):
     code = main(["extract", "--dataset", "folder", "--root", folder.root, "--cache", str(tmp_path / "c"),
                  "--pooling", "gem", "--size", "64", "--weights", "random", "--address", "ray://head:10001"])
     assert code == 2 and "--address applies to --engine ray" in capsys.readouterr().err
+
+
+def test_default_actors_are_one_per_gpu_else_one_per_live_node():
+    from cbir.distributed import default_actors
+
+    class Cluster:
+        def __init__(self, resources, nodes):
+            self.resources, self.alive = resources, nodes
+
+        def cluster_resources(self):
+            return self.resources
+
+        def nodes(self):
+            return [{"Alive": alive} for alive in self.alive]
+
+    assert default_actors(Cluster({"CPU": 2.0}, [True])) == 1  # one machine: one actor, every core
+    assert default_actors(Cluster({"CPU": 64.0}, [True, True, False, True])) == 3
+    assert default_actors(Cluster({"CPU": 64.0, "GPU": 8.0}, [True, True])) == 8

@@ -78,6 +78,46 @@ def test_converted_model_is_stored_once_with_its_conversion_time(aspect_ratios, 
     assert other_size.manifest["conversion"]["model_file"] != conversion["model_file"]
 
 
+CONVERTED_EXTRACTION = """
+import sys
+sys.modules["timm"] = None  # importing timm now fails: the converted model must be enough
+from pathlib import Path
+import numpy as np
+from cbir.cache import load_entry
+from cbir.extraction import extract
+from cbir.method import Method
+import pickle
+dataset = pickle.loads(Path(sys.argv[1]).read_bytes())
+method = Method(backbone="tf_efficientnet_lite0", pooling=sys.argv[3], size=160)
+entry = extract(dataset, [method], Path(sys.argv[2]), workers=0, threads=1, runtime="openvino")[method]
+np.save(sys.argv[4], np.asarray(entry.db, np.float32))
+"""
+
+
+@needs_openvino
+def test_an_extraction_with_a_converted_model_needs_neither_timm_nor_the_torch_network(aspect_ratios, tmp_path):
+    import pickle
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    first = run(aspect_ratios, [lite("mac"), lite("gem")], tmp_path / "cache", runtime="openvino")
+    (tmp_path / "dataset.pkl").write_bytes(pickle.dumps(aspect_ratios))
+    other = tmp_path / "other"
+    (other / ".models").mkdir(parents=True)
+    for file in (tmp_path / "cache" / ".models").iterdir():
+        (other / ".models" / file.name).write_bytes(file.read_bytes())
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-c", CONVERTED_EXTRACTION, str(tmp_path / "dataset.pkl"), str(other),
+                           "gem", str(tmp_path / "gem.npy")], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={"PYTHONPATH": f"{root}:{root / 'tests'}", "PATH": "/usr/bin:/bin"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert np.array_equal(np.load(tmp_path / "gem.npy"), np.asarray(first[lite("gem")].db, np.float32))
+    described = load_entry(other, aspect_ratios, lite("gem")).manifest
+    for field in ("backbone", "weights_sha256", "weights_source"):
+        assert described[field] == first[lite("gem")].manifest[field], field
+
+
 @needs_openvino
 @pytest.mark.parametrize("name", ["vgg16", "resnet50", "efficientnet_b1", "tf_efficientnet_lite0",
                                   "tf_efficientnet_lite1", "tf_efficientnet_lite2"])
