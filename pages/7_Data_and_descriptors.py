@@ -12,6 +12,7 @@ from pathlib import Path
 
 import streamlit as st
 
+from cbir.bundle import is_bundle
 from cbir.cache import CacheError, load_entry, read_manifest
 from cbir.heads import HEAD_KINDS
 from cbir.method import POOLINGS, PRECISIONS
@@ -108,7 +109,7 @@ with st.form("extract"):
     precision = st.selectbox("Precision", PRECISIONS, help="bf16 is faster and labelled in the method name")
     go_extract = st.form_submit_button("Extract")
 if go_extract and (root := inside_data_root(folder)) is not None:
-    if loaders.bundle_manifest() is not None:
+    if is_bundle(cache_root):
         st.error(f"{cache_root} is a bundle, served read-only: set CBIR_CACHE_DIR to a cache folder to extract.")
     elif not poolings:
         st.error("Choose at least one pooling.")

@@ -54,6 +54,18 @@ def test_demo_is_committed_complete_and_small():
         assert len(list(folder.glob("report-original-*.json"))) == len(overview_methods(method, 250))
 
 
+def test_a_fresh_clone_serving_the_demo_may_extract_into_its_own_cache(fresh_clone):
+    from test_app import app, no_exception
+
+    at = app("pages/7_Data_and_descriptors.py")
+    no_exception(at)
+    next(b for b in at.button if b.label == "Extract").click().run()
+    no_exception(at)
+    errors = [e.value for e in at.error]
+    assert not any("is a bundle" in e for e in errors), errors  # the served demo is not where it writes
+    assert any("no such folder" in e for e in errors), errors
+
+
 def test_fresh_clone_opens_on_the_demo_on_every_page(fresh_clone):
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120).run()
     assert not at.exception, [e.value for e in at.exception]
