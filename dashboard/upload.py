@@ -63,6 +63,10 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
     from cbir.extraction import describe_image, entry_whitening
     from cbir.headstore import describe_image_with_head, load_head
 
+    torch_free = not method.head and torchfree.can_describe(method, entry)
+    if not torch_free and not torch_available():
+        raise ValueError(f"describing an image with {method.label()} needs torch and timm here (its entry carries "
+                         "no converted OpenVINO model, or it applies a trained head): pip install torch timm")
     # A head lives in the cache (or bundle) holding its entry: <root>/heads/<name>.
     head = load_head(entry.path.parents[1], method.head) if method.head else None
     with tempfile.TemporaryDirectory() as tmp:
@@ -71,7 +75,7 @@ def describe(data: bytes, name: str, box: tuple[int, int, int, int], method, ent
         try:
             if head is not None:
                 return describe_image_with_head(path, method, _backbone(method.backbone, method.weights), head, box)
-            if torchfree.can_describe(method, entry):
+            if torch_free:
                 return torchfree.describe_image(path, method, entry, box, entry_whitening(entry))
             return describe_image(path, method, _backbone(method.backbone, method.weights), box,
                                   entry_whitening(entry))

@@ -582,3 +582,15 @@ def test_explorer_ap_of_a_kreciprocal_query_is_its_ap_in_the_report(site):
     no_exception(at)
     report = evaluation_report(ranking(dataset, cache_dir, method), dataset, "original")
     assert at.metric[0].value == f"{100 * report['per_query'][3]['ap']:.2f}"
+
+
+def test_an_upload_that_needs_torch_where_it_is_missing_is_a_message(site, monkeypatch):
+    from cbir.cache import load_entry
+    from dashboard import upload
+
+    _, cache_dir, dataset = site
+    entry = load_entry(cache_dir, dataset, METHODS[1])  # no converted model: only torch can describe it
+    monkeypatch.setattr(upload, "torch_available", lambda: False)
+    image = (Path(dataset.root) / dataset.paths[0]).read_bytes()
+    with pytest.raises(ValueError, match="needs torch and timm here"):
+        upload.describe(image, "holiday.jpg", (0, 0, 40, 30), METHODS[1], entry)
