@@ -52,7 +52,9 @@ clicked = st.plotly_chart(charts.map_bars(table), key="overview_chart", on_selec
 chosen = [p["customdata"] for p in (clicked or {}).get("selection", {}).get("points", []) if p.get("customdata")]
 if chosen:  # a click on a bar: that method alone in the Query explorer
     state.open_in_explorer(methods=[chosen[0]], image="")
-st.caption("Reference mAP (full list, junk removed, trapezoid AP), in percent. Bars grouped by backbone, "
+st.caption(("Reference mAP over each stored top-K list (junk removed, trapezoid AP; positives beyond K count as "
+            "never retrieved, so a truncated figure is a lower bound)" if view.distractors else
+            "Reference mAP (full list, junk removed, trapezoid AP)") + ", in percent. Bars grouped by backbone, "
            "one group per pooling (colour); each re-ranking (hatching, see the legend) stands beside its base "
            "method. Click a bar to open that method in the Query explorer.")
 

@@ -104,7 +104,9 @@ for m, (column, method) in enumerate(zip(st.columns(len(view.methods)), view.met
             continue
         if gnd is not None:
             st.metric("AP", "n/a (no positives)" if ap is None or ap != ap else f"{100 * ap:.2f}",
-                      help="reference AP of this query, percent")
+                      help="reference AP of this query, percent" + (
+                          "; over its stored top-K list, positives beyond K counted as never retrieved"
+                          if view.distractors else ""))
         if view.distractors:
             beyond = int(stored.topk.n_positives[q]) - len(stored.topk.positive_ranks[q])
             st.caption(f"{view.name}: top {stored.topk.k} of {stored.topk.n_ranked} ranked items stored" + (
