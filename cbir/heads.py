@@ -385,6 +385,7 @@ def finetune(dataset: Dataset, method: Method, cache_root: Path, name: str, opti
     check_name(name)
     options.check()
     method = method.without_head().descriptor_key()
+    method.check_head_base()
     if method.whitening != "none":
         raise ValueError("train heads on un-whitened descriptors: the head learns its own whitening")
     training = training_record(dataset)

@@ -76,6 +76,16 @@ class Method:
         object.__setattr__(self, "scales", tuple(float(s) for s in self.scales))
         if not self.scales or min(self.scales) <= 0:
             raise ValueError(f"scales must be a non-empty list of positive factors, got {self.scales}")
+        if self.head:
+            self.check_head_base()
+
+    def check_head_base(self) -> None:
+        """Heads (cbir.heads) run the backbone themselves, at one scale in float32 (regional MACs,
+        unfrozen training, an upload): on a multi-scale or bf16 method they would silently
+        describe something else than its cached descriptors, so such a base is refused."""
+        if self.scales != SINGLE_SCALE or self.precision != "fp32":
+            raise ValueError("heads are trained and applied on single-scale float32 descriptors; "
+                             f"not on scales {self.scales} / precision {self.precision}")
 
     def descriptor_key(self) -> "Method":
         """The part of the method that determines the descriptors (the cache key)."""

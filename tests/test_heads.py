@@ -403,3 +403,17 @@ def test_head_names_are_checked_and_extraction_refuses_a_head_method(tmp_path):
     train = load_dataset("folder", make_class_folder(tmp_path / "train"))
     with pytest.raises(ValueError, match="headstore.head_entry"):
         extract(train, [Method(head="h")], tmp_path / "cache")
+
+
+def test_heads_refuse_a_multiscale_or_bf16_base(tmp_path):
+    from dataclasses import replace
+
+    from cbir.heads import TrainOptions, finetune
+    from cbir.method import Method
+
+    for base in (Method(pooling="rmac", scales=(1, 0.7071)), Method(pooling="gem", precision="bf16")):
+        with pytest.raises(ValueError, match="single-scale float32"):
+            replace(base, head="lw-train")  # applying a head
+        with pytest.raises(ValueError, match="single-scale float32"):
+            finetune(None, base, tmp_path, "lw-train", TrainOptions())  # training one
+    Method(pooling="rmac", head="lw-train")  # the default base is fine
