@@ -57,27 +57,37 @@ def model_stem(name: str, weights: str, weights_sha256: str | None, size: int) -
 
 def converted_model(backbone, cache_root: Path, size: int) -> tuple[Path, dict]:
     """The backbone's OpenVINO IR (converting it on first use) and how it was made."""
+    import tempfile
+
     import openvino
     import torch
+
+    from .cache import atomic_write_text
 
     folder = Path(cache_root) / MODELS_DIR
     xml = folder / (model_stem(backbone.name, backbone.weights, backbone.weights_sha256, size) + ".xml")
     about = xml.with_suffix(".json")
-    if xml.is_file() and xml.with_suffix(".bin").is_file() and about.is_file():
-        return xml, json.loads(about.read_text()) | {"conversion_cached": True}
+    if xml.is_file() and xml.with_suffix(".bin").is_file():
+        try:  # the JSON is written last: it says the conversion completed
+            return xml, json.loads(about.read_text()) | {"conversion_cached": True}
+        except (OSError, ValueError):
+            pass
     folder.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     side = min(size, CONVERSION_SIDE)
     with torch.inference_mode():
         model = openvino.convert_model(backbone.model.float().eval(), example_input=torch.zeros(1, 3, side, side),
                                        input=[(-1, 3, -1, -1)])
-    tmp = folder / (xml.stem + ".tmp.xml")
-    openvino.save_model(model, tmp, compress_to_fp16=False)
     info = {"model_file": xml.name, "conversion_seconds": round(time.perf_counter() - start, 3),
             "openvino": openvino.__version__, "backbone": backbone_description(backbone)}
-    tmp.with_suffix(".bin").replace(xml.with_suffix(".bin"))
-    tmp.replace(xml)
-    about.write_text(json.dumps(info))
+    # Concurrent converters (Ray actors, two commands) each save under their own temporary
+    # name and rename over the final files, which are whole whichever lands last.
+    with tempfile.TemporaryDirectory(dir=folder, prefix=".converting-") as tmp:
+        saved = Path(tmp) / xml.name
+        openvino.save_model(model, saved, compress_to_fp16=False)
+        saved.with_suffix(".bin").replace(xml.with_suffix(".bin"))
+        saved.replace(xml)
+    atomic_write_text(about, json.dumps(info))
     return xml, info | {"conversion_cached": False}
 
 
