@@ -28,7 +28,7 @@ import numpy as np
 
 from . import __version__
 from .batching import BATCH_PIXELS
-from .cache import (CacheError, Entry, PartialRun, dataset_key, entry_dir, list_datasets,
+from .cache import (CacheError, Entry, PartialRun, checked_manifest, dataset_key, entry_dir, list_datasets,
                     load_entry, load_entry_array, partial_dir, save_dataset, save_entry)
 from .data import Dataset, to_rgb
 from .method import Method
@@ -453,6 +453,17 @@ def _cached(cache_root: Path, dataset: Dataset, method: Method) -> Entry | None:
     return entry if method.pooling != "rmac" or method.whitening != "none" or _has_regions(entry) else None
 
 
+def _listed(cache_root: Path, dataset: Dataset, method: Method) -> bool:
+    """Whether the cache has a usable-looking entry of `method`, from its manifest alone: deciding
+    which poolings a pass adds must not read (and hash) each one's arrays. A damaged one is
+    found, and rebuilt, when it is loaded."""
+    try:
+        manifest = checked_manifest(cache_root, dataset, method, verify=False)
+    except CacheError:
+        return False
+    return method.pooling != "rmac" or method.whitening != "none" or REGIONS_FILE in manifest.get("files", {})
+
+
 def extract(dataset: Dataset, methods: list[Method], cache_root: Path, progress: Progress | None = None,
             device=None, workers: int | None = None, *, dtype: str = "float32",
             weights_file: Path | None = None, cancel=None, chunk_size: int = CHUNK_SIZE,
@@ -649,5 +660,5 @@ def ensure_descriptors(dataset: Dataset, method: Method, cache_root: Path, progr
             log.warning("rebuilding defective cache entry: %s", exc)
     key = method.descriptor_key()
     siblings = [replace(key, pooling=p) for p in POOLINGS if p != key.pooling and key.whitening == "none"]
-    missing = [m for m in siblings if _cached(cache_root, dataset, m) is None]
+    missing = [m for m in siblings if not _listed(cache_root, dataset, m)]
     return extract(dataset, [method] + missing, cache_root, progress=progress, **options)[method]
