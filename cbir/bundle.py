@@ -135,8 +135,6 @@ def _file_table(root: Path) -> dict:
 
 def _copy_converted_model(entry, bundle_root: Path) -> None:
     """The entry's OpenVINO model, so the served dashboard describes an upload without torch."""
-    import shutil
-
     from .runtime import MODELS_DIR
     from .torchfree import model_file
 

@@ -167,7 +167,7 @@ def evaluate_against(dataset: Dataset, entry, method, distractors: Dataset, cach
             stale = {"topk_recomputed": str(exc)}
     if report is None:
         distractor_entry = ensure_descriptors(distractors, method, cache_root, progress, **options)
-        rank, details, _ = scale_ranking(method, entry, distractor_entry, dataset, ann, truncate, progress)
+        rank, details = scale_ranking(method, entry, distractor_entry, dataset, ann, truncate, progress)
         report, topk = distractor_report(entry.db, distractor_entry.db, entry.queries, dataset, distractors,
                                          protocol, k, rank)
         report.update(details)

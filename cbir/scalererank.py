@@ -148,16 +148,15 @@ def diffusion_label(method: Method, graph: AnnGraph, truncate: int) -> str:
 
 def scale_ranking(method: Method, entry, distractor_entry, dataset, ann: AnnParams | None = None,
                   truncate: int | None = None, progress=None):
-    """`(rank(parts, queries, k), report fields, top-K file-name suffix)` of `method` over the
-    database and distractor entries; diffusion's graph comes from (or goes to) the cache, and
-    its report fields name the graph and the truncation (`method`, `truncate`, `ann_graph`)."""
-    from .evaluation import rerank_slug
-
+    """`(rank(parts, queries, k), report fields)` of `method` over the database and distractor
+    entries (the file name of its lists is `ranking_suffix`'s); diffusion's graph comes from (or
+    goes to) the cache, and its report fields name the graph and the truncation (`method`,
+    `truncate`, `ann_graph`)."""
     check_rerank_at_scale(method.rerank)
     if method.rerank == "none":
-        return exact_topk, {}, ""
+        return exact_topk, {}
     if method.rerank != "diffusion":
-        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), {}, ranking_suffix(method)
+        return (lambda parts, queries, k: rerank_topk(method, parts, queries, k)), {}
     ann = ann or AnnParams(k=method.k)
     truncate = truncate or DEFAULT_TRUNCATE
     if ann.k != method.k:
@@ -169,8 +168,7 @@ def scale_ranking(method: Method, entry, distractor_entry, dataset, ann: AnnPara
                              "recall": graph.record["graph"]["recall"], "params": graph.record["params"],
                              "index": graph.record["index"],
                              "directory": str(ann_dir(distractor_entry, dataset) / ann.slug())}}
-    return ((lambda parts, queries, k: rerank_topk(method, parts, queries, k, diffusion, truncate)), details,
-            ranking_suffix(method, ann, truncate))
+    return (lambda parts, queries, k: rerank_topk(method, parts, queries, k, diffusion, truncate)), details
 
 
 def ranking_suffix(method: Method, ann: AnnParams | None = None, truncate: int | None = None) -> str:
