@@ -21,7 +21,7 @@ from .data import Dataset
 from .diffusion import DiffusionRanker
 from .method import GRAPH_RERANKINGS, Method
 from .metrics import check_protocol, compute_map, query_metrics, summarise
-from .neighbours import neighbours_for
+from .neighbours import covers, neighbours_for
 from .rerank import graph_ranker, rerank
 
 DEFAULT_ALPHAS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.99)
@@ -165,8 +165,9 @@ def diffusion_map_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=DEF
     ks = usable_ks(ks, len(dataset.images))
     gnd = dataset.gnd[protocol]
     grid = np.empty((len(alphas), len(ks)))
+    listed = neighbours_for(entry, min(ks)) if ks else None  # read (and checked) once for every k it covers
     for j, k in enumerate(ks):
-        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma, neighbours=neighbours_for(entry, k))
+        ranker = DiffusionRanker(entry.db, k=k, gamma=gamma, neighbours=listed if covers(entry, k) else None)
         for i, alpha in enumerate(alphas):
             grid[i, j] = compute_map(ranker.rank(entry.queries, alpha=alpha, kq=kq), gnd)["map"]
         if progress is not None:

@@ -77,8 +77,11 @@ def stored_neighbours(entry: Entry, K: int = NEIGHBOURS_K) -> tuple[np.ndarray, 
     return sims, indices
 
 
+def covers(entry: Entry, k: int) -> bool:
+    """Whether the stored list (top NEIGHBOURS_K of each item) holds a k-nearest-neighbour graph."""
+    return k <= min(NEIGHBOURS_K, len(entry.db) - 1)
+
+
 def neighbours_for(entry: Entry, k: int) -> tuple[np.ndarray, np.ndarray] | None:
     """The stored list when it covers k (for `affinity_graph(..., neighbours=...)`), else None (search afresh)."""
-    if k > min(NEIGHBOURS_K, len(entry.db) - 1):
-        return None
-    return stored_neighbours(entry)
+    return stored_neighbours(entry) if covers(entry, k) else None
