@@ -77,7 +77,7 @@ def graph_ranker(db: np.ndarray, method: Method):
     if method.rerank == "diffusion":
         return graph
     from .spectral import SpectralRanker, spectrum
-    return SpectralRanker(graph.db, *spectrum(graph.S, method.fsr_rank), gamma=method.gamma)
+    return SpectralRanker(graph.db, *spectrum(graph.S, method.fsr_rank), gamma=method.gamma, k=method.k)
 
 
 def rerank(method: Method, db: np.ndarray, queries: np.ndarray, ranker=None) -> np.ndarray:
@@ -103,11 +103,11 @@ def rerank(method: Method, db: np.ndarray, queries: np.ndarray, ranker=None) -> 
     if method.rerank == "fsr":
         if ranker is None:
             ranker = graph_ranker(db, method)
-        elif ranker.gamma != method.gamma or ranker.db.shape != np.shape(db) \
+        elif (ranker.k, ranker.gamma, ranker.db.shape) != (method.k, method.gamma, np.shape(db)) \
                 or ranker.rank_used != min(method.fsr_rank, np.shape(db)[0]):
-            raise ValueError(f"the eigenpairs were computed for rank {ranker.rank_used}, gamma={ranker.gamma} "
-                             f"on {ranker.db.shape} descriptors; the method asks for rank {method.fsr_rank}, "
-                             f"gamma={method.gamma} on {np.shape(db)}")
+            raise ValueError(f"the eigenpairs were computed for rank {ranker.rank_used}, k={ranker.k}, "
+                             f"gamma={ranker.gamma} on {ranker.db.shape} descriptors; the method asks for rank "
+                             f"{method.fsr_rank}, k={method.k}, gamma={method.gamma} on {np.shape(db)}")
         return ranker.rank(queries, alpha=method.alpha, kq=method.kq)
     if method.rerank == "kreciprocal":
         from .kreciprocal import kreciprocal_ranks

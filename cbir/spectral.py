@@ -88,12 +88,13 @@ class SpectralRanker:
     Share an instance read-only: only that one-entry query cache changes.
     """
 
-    def __init__(self, db: np.ndarray, values: np.ndarray, vectors: np.ndarray, gamma: float = 3.0):
+    def __init__(self, db: np.ndarray, values: np.ndarray, vectors: np.ndarray, gamma: float = 3.0, k: int = 50):
+        """`k` and `gamma`: the graph the eigenpairs are of (checked against a method before use)."""
         self.db = unit_rows(db, "database")
         if vectors.shape != (self.db.shape[0], values.size):
             raise ValueError(f"eigenvectors of shape {vectors.shape} do not fit {self.db.shape[0]} database "
                              f"items and {values.size} eigenvalues")
-        self.values, self.vectors, self.gamma = values, vectors, gamma
+        self.values, self.vectors, self.gamma, self.k = values, vectors, gamma, k
         self._batch: dict | None = None
 
     @property
@@ -152,7 +153,7 @@ def stored_spectrum(entry: Entry, k: int = 50, gamma: float = 3.0, rank: int = D
 def stored_spectral_ranker(entry: Entry, k: int = 50, gamma: float = 3.0, rank: int = DEFAULT_RANK,
                            A: sp.spmatrix | None = None) -> SpectralRanker:
     """A `SpectralRanker` on the entry's stored (or newly stored) eigenpairs."""
-    return SpectralRanker(entry.db, *stored_spectrum(entry, k, gamma, rank, A), gamma=gamma)
+    return SpectralRanker(entry.db, *stored_spectrum(entry, k, gamma, rank, A), gamma=gamma, k=k)
 
 
 def stored_ranker(entry: Entry, method: Method):

@@ -1,4 +1,6 @@
 """Fast spectral ranking (cbir.spectral) and the stored neighbour list (cbir.neighbours)."""
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -97,6 +99,10 @@ def test_rerank_fsr_uses_the_method_rank_and_refuses_other_eigenpairs(tmp_path):
     with pytest.raises(ValueError, match="rank 30"):
         rerank(method, db, queries, ranker=ranker)
     assert method.label().endswith(f"+FSR(a=0.9, k=10, r={len(db)})")
+    full = stored_spectral_ranker(entry_of(db, queries, tmp_path), k=10, rank=len(db))
+    np.testing.assert_array_equal(rerank(method, db, queries, ranker=full), rerank(method, db, queries))
+    with pytest.raises(ValueError, match="k=10, gamma=3.0 .* asks for .* k=20"):  # another graph's eigenpairs
+        rerank(replace(method, k=20), db, queries, ranker=full)
 
 
 @pytest.mark.parametrize("seed", [0, 1])
