@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .extraction import RMAC_LEVELS
+from .multiscale import GEM_P, combine_exponent
 from .regions import rmac_regions
 from .runtime import MODELS_DIR
 
-EPS = 1e-6
-GEM_P = 3.0
-RMAC_LEVELS = 3
+EPS = 1e-6  # cbir.pooling's, which imports torch
 
 
 def model_file(entry) -> Path | None:
@@ -108,7 +108,7 @@ def describe_image(path, method, entry, bbox=None, whitening=None) -> np.ndarray
     if len(per_scale) == 1:
         desc = per_scale[0]
     else:
-        exponent = GEM_P if method.pooling == "gem" else 1.0
+        exponent = combine_exponent(method.pooling)
         desc = l2n(np.power(np.mean([np.power(d, exponent) for d in per_scale], axis=0), 1.0 / exponent))
     desc = desc[None].astype(np.float32)
     if whitening is not None and per_region is None:
