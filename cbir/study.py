@@ -2,8 +2,10 @@
 
 `SEED_TABLE` is the seed study's published table exactly as printed (percent): its
 mAP@10, mAP@100 and "mAP (at all dataset)" columns are the study's own AP@k variant
-(`cbir.metrics.seed_map_at_k`), so they sit beside our *seed* columns, never beside the
-reference mAP. `PUBLISHED` holds full-list reference mAP figures (REFERENCE.md). All are
+(`cbir.metrics.seed_map_at_k`), so they sit beside our *seed* columns. `PUBLISHED` holds the
+figures REFERENCE.md lists as full-list reference mAP; it lists the seed study's EfficientNet-B1
+SPoC / R-MAC / R-MAC + diffusion among them (68.7 / 74.4 / 86.0, its "mAP (at all dataset)"
+rounded), so those three also stand beside the reference mAP, as REFERENCE.md has them. All are
 full-Paris6k figures (55 queries, 6392 images): figures measured on a partial copy such
 as Paris6k-250 are not comparable with them, and every view that shows both says so.
 """
