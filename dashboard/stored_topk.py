@@ -102,10 +102,7 @@ def shard_tile(distractor_key: str, relative: str) -> Image.Image | None:
     """The distractor's thumbnail from the shard in the cache (`cbir.thumbshard`), if it holds it."""
     folder = cache_root() / distractor_key
     stamp = loaders.file_stamp(folder / thumbshard.INDEX)
-    if not stamp:
-        return None
-    data = thumbshard.read_thumbnail(folder, relative, _shard_index(str(folder), stamp))
-    return None if data is None else _decoded(data)
+    return _shard_tile(str(folder), relative, stamp, loaders.file_stamp(folder / thumbshard.BLOB)) if stamp else None
 
 
 @st.cache_resource(max_entries=4, show_spinner=False)
@@ -114,7 +111,11 @@ def _shard_index(folder: str, stamp: int) -> dict:
 
 
 @st.cache_resource(max_entries=2048, show_spinner=False)
-def _decoded(data: bytes) -> Image.Image:
+def _shard_tile(folder: str, relative: str, stamp: int, blob_stamp: int) -> Image.Image | None:
+    """Read, checked by its hash, and decoded once per tile and shard version (not on every rerun)."""
+    data = thumbshard.read_thumbnail(Path(folder), relative, _shard_index(folder, stamp))
+    if data is None:
+        return None
     with Image.open(io.BytesIO(data)) as img:
         return img.convert("RGB")
 
