@@ -36,19 +36,33 @@ def file_stamp(path: Path) -> int:
         return 0
 
 
-def bundle_manifest() -> dict | None:
-    """The verified manifest when the cache is a bundle (None for a plain cache).
+CHECKED_THIS_RUN = "_bundles_checked_this_run"
 
-    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle. Every rerun
-    compares the size and mtime of every file (and the file list) with those verified;
-    any change verifies every checksum again, so what is served is what was verified.
+
+def new_run() -> None:
+    """Called first by every page (`sidebar.open_page`): bundles are compared again in this run."""
+    st.session_state.pop(CHECKED_THIS_RUN, None)
+
+
+def bundle_manifest() -> dict | None:
+    """The verified manifest when the cache is a bundle (None for a plain cache)."""
+    return _bundle_checked(cache_root())
+
+
+def _bundle_checked(root: Path) -> dict | None:
+    """The verified manifest of the bundle at `root` (None for a plain cache).
+
+    Raises `cbir.bundle.BundleError` for a tampered or incomplete bundle. Once per rerun
+    (not once per call: a page asks for it once per method) the size and mtime of every
+    file (and the file list) are compared with those verified; any change verifies every
+    checksum again, so what is served is what was verified.
     """
     from cbir.bundle import is_bundle, tree_stamp
 
-    root = cache_root()
-    if not is_bundle(root):
-        return None
-    return _verified_bundle(str(root), tree_stamp(root))
+    checked = st.session_state.setdefault(CHECKED_THIS_RUN, {})
+    if str(root) not in checked:
+        checked[str(root)] = _verified_bundle(str(root), tree_stamp(root)) if is_bundle(root) else None
+    return checked[str(root)]
 
 
 @st.cache_resource(max_entries=2, show_spinner="Verifying the bundle...")
@@ -73,10 +87,7 @@ def datasets_at(root: Path) -> dict[str, Dataset]:
 
 
 def _described(root: Path) -> tuple[dict[str, Dataset], list[str]]:
-    from cbir.bundle import is_bundle, tree_stamp
-
-    if is_bundle(root):
-        _verified_bundle(str(root), tree_stamp(root))
+    _bundle_checked(root)
     stamp = tuple((p.parent.name, file_stamp(p)) for p in sorted(root.glob("*/dataset.json")))
     return _datasets(str(root), stamp)
 

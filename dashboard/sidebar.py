@@ -153,6 +153,7 @@ def open_page(title: str, needs_data: bool = True, diffusion_caption: bool = Tru
     target = st.session_state.pop(state.OPEN_PAGE, None)
     if target:
         st.switch_page(target)
+    loaders.new_run()
     st.set_page_config(page_title=f"{title} - cbir", layout="wide")
     navigation()
     st.title(title)
