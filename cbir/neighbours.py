@@ -34,7 +34,9 @@ def store_arrays(path: Path, db_sha256: str, **arrays: np.ndarray) -> None:
     """One npz written atomically with the descriptors' and its own checksum; an unwritable
     directory only loses the copy on disk, and a served bundle (`<root>/bundle.json` above
     `<root>/<dataset>/<entry>/`) is never written: it is read-only."""
-    if (Path(path).parents[2] / "bundle.json").is_file():
+    from .bundle import is_bundle
+
+    if is_bundle(Path(path).parents[2]):
         return
     buffer = io.BytesIO()
     np.savez(buffer, db_sha256=np.array(db_sha256), checksum=np.array(array_checksum(*arrays.values())),
