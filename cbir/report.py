@@ -45,8 +45,8 @@ def percent(x: float | None) -> float | None:
     return None if x is None else round(100.0 * x, 2)
 
 
-def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str, note: str = "") -> dict:
-    entry = load_entry(cache_root, dataset, method)
+def method_row(dataset: Dataset, entry, method: Method, protocol: str, note: str = "") -> dict:
+    """One table row of `method` on the loaded (checksum-verified) `entry` of its descriptors."""
     result = evaluation_report(rerank(method, entry.db, entry.queries, ranker=stored_ranker(entry, method)),
                                dataset, protocol)
     published = published_for(dataset.name, method)
@@ -69,10 +69,10 @@ def method_row(dataset: Dataset, cache_root: Path, method: Method, protocol: str
     }
 
 
-def tuned_diffusion(dataset: Dataset, cache_root: Path, method: Method, protocol: str) -> Method | None:
+def tuned_diffusion(entry, method: Method, protocol: str) -> Method | None:
     """The best (alpha, k) of the entry's stored grid when it beats `method`'s own (alpha, k):
     chosen on the test queries, so the row that shows it is labelled so."""
-    grid = load_grid(load_entry(cache_root, dataset, method), protocol)
+    grid = load_grid(entry, protocol)
     if grid is None or (grid["kq"], grid["gamma"]) != (method.kq, method.gamma):
         return None
     values = np.asarray(grid["map"])
@@ -91,10 +91,11 @@ def study_tables(dataset: Dataset, cache_root: Path, methods: list[Method], prot
     for title, belongs in TABLES:
         rows = []
         for method in (m for m in methods if belongs(m)):
-            rows.append(method_row(dataset, cache_root, method, protocol))
-            tuned = tuned_diffusion(dataset, cache_root, method, protocol) if method.rerank == "diffusion" else None
+            entry = load_entry(cache_root, dataset, method)  # read and verified once for its rows
+            rows.append(method_row(dataset, entry, method, protocol))
+            tuned = tuned_diffusion(entry, method, protocol) if method.rerank == "diffusion" else None
             if tuned is not None:
-                rows.append(method_row(dataset, cache_root, tuned, protocol,
+                rows.append(method_row(dataset, entry, tuned, protocol,
                                        "[best of the stored (alpha, k) grid: tuned on the test queries]"))
         if rows:
             used = sorted({(m.alpha, m.k) for m in methods if belongs(m) and m.rerank == "diffusion"})
