@@ -550,13 +550,9 @@ class DiffusionRanker:
         batch = self._query_batch(queries, kq)
         if truncate is not None:
             return self._truncated_scores(batch, alpha, solver, tol, maxiter, truncate)
-        if solver != "krylov":
-            return solve(self.S, batch["Y"], alpha, solver, tol, maxiter)
-        basis = batch["basis"]
-        if basis is None or basis.alpha < alpha or basis.tol > tol:
-            basis = lanczos_basis(self.S, batch["Y"], max(alpha, BASIS_ALPHA), tol, maxiter)
-            batch["basis"] = basis
-        return krylov_solve(self.S, batch["Y"], basis, alpha, tol)
+        F, iterations, batch["basis"] = solve_with_basis(self.S, batch["Y"], alpha, solver, tol, maxiter,
+                                                         batch["basis"])
+        return F, iterations
 
     def _truncated_scores(self, batch: dict, alpha: float, solver: str, tol: float, maxiter: int | None,
                           truncate: int) -> tuple[np.ndarray, np.ndarray]:
