@@ -92,9 +92,9 @@ class ChunkActor:
         import torch
 
         from .chunks import ChunkDescriber
-        from .runtime import make_forward, runtime_backbone
+        from .runtime import make_forward, runtime_backbone, torch_threads_beside
 
-        torch.set_num_threads(threads)
+        torch.set_num_threads(torch_threads_beside(spec["runtime"], threads))
         device = torch.device(spec["device"])
         backbone = runtime_backbone(spec["runtime"], spec["backbone_name"], spec["weights"], spec["weights_file"],
                                     device, Path(spec["cache_root"]), heads[0].method.size)

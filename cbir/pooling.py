@@ -37,13 +37,28 @@ def gem(fmap: torch.Tensor, p: float = 3.0, eps: float = EPS) -> torch.Tensor:
     return fmap.clamp(min=eps).pow(p).mean(dim=(-2, -1)).pow(1.0 / p)
 
 
+def channels_last_copy(fmap: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> contiguous (B, H, W, C); no copy when the map is channels-last already.
+
+    Each map is transposed as a (C, H*W) matrix: torch's 2-D transpose copy takes 0.35 ms for
+    a 1280 x 24 x 32 map on one thread, where its 4-D permute copy takes 1.2-1.4 ms."""
+    nhwc = fmap.permute(0, 2, 3, 1)
+    if nhwc.is_contiguous():
+        return nhwc
+    b, c, h, w = fmap.shape
+    out = fmap.new_empty((b, h, w, c))
+    for i in range(b):
+        out[i].view(h * w, c).copy_(fmap[i].reshape(c, h * w).t())
+    return out
+
+
 def batch_regional_macs(fmap: torch.Tensor, L: int = 3) -> torch.Tensor:
     """(B, C, H, W) -> (B, R, C): the L2-normalised MAC of every R-MAC region of every map."""
     regions = rmac_regions(*fmap.shape[-2:], L).tolist()
     # Separable max over the ~21 regions: each distinct column band is maxed once, then each
     # region's rows of its band. Channels-last, both reductions run over contiguous channel
     # vectors (20-70x faster than maxing each region slice of an NCHW map).
-    nhwc = fmap.permute(0, 2, 3, 1).contiguous()
+    nhwc = channels_last_copy(fmap)
     bands = {(x, rw): nhwc[:, :, x:x + rw].amax(dim=2) for x, _, rw, _ in regions}
     vecs = torch.stack([bands[x, rw][:, y:y + rh].amax(dim=1) for x, y, rw, rh in regions], dim=1)
     return l2n(vecs)
@@ -58,9 +73,13 @@ def regional_macs(fmap: torch.Tensor, L: int = 3) -> torch.Tensor:
     return batch_regional_macs(fmap, L)[0]
 
 
-def rmac(fmap: torch.Tensor, L: int = 3, whitening: "Whitening | None" = None) -> torch.Tensor:
-    """(B, C, H, W) -> (B, D): per region MAC, L2, optional whitening + L2, sum, L2."""
-    regions = batch_regional_macs(fmap, L)
+def rmac(fmap: torch.Tensor, L: int = 3, whitening: "Whitening | None" = None,
+         regions: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, C, H, W) -> (B, D): per region MAC, L2, optional whitening + L2, sum, L2. `regions`:
+    the map's `batch_regional_macs`, when the caller computed them already (extraction keeps a
+    sample of them)."""
+    if regions is None:
+        regions = batch_regional_macs(fmap, L)
     if whitening is not None:
         from .whitening import apply_whitening
 

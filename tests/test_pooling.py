@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cbir.pooling import pool, regional_macs, rmac, rmac_regions
+from cbir.pooling import channels_last_copy, pool, regional_macs, rmac, rmac_regions
 from cbir.whitening import Whitening
 
 
@@ -142,6 +142,17 @@ def test_regional_macs_rows():
     assert regions[3].abs().sum() == 0
     with pytest.raises(ValueError, match="one"):
         regional_macs(torch.rand(2, 2, 3, 3))
+
+
+def test_channels_last_copy_is_the_permuted_map_in_every_input_layout():
+    fmap = torch.rand(3, 16, 7, 5)
+    expected = fmap.permute(0, 2, 3, 1).contiguous()
+    for layout in (fmap, fmap.contiguous(memory_format=torch.channels_last), torch.rand(3, 16, 7, 10)[..., ::2]):
+        got = channels_last_copy(layout)
+        assert got.is_contiguous() and torch.equal(got, layout.permute(0, 2, 3, 1))
+    assert torch.equal(channels_last_copy(fmap), expected)
+    nhwc = fmap.contiguous(memory_format=torch.channels_last)
+    assert channels_last_copy(nhwc).data_ptr() == nhwc.data_ptr()  # already channels-last: no copy
 
 
 @pytest.mark.parametrize("pooling", ["mac", "spoc", "gem", "rmac"])

@@ -8,9 +8,9 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("timm")
 
 import cbir.backbones  # noqa: E402
-from cbir.cache import load_entry  # noqa: E402
+from cbir.cache import load_entry, load_entry_array  # noqa: E402
 from cbir.data import Dataset, Query, load_dataset  # noqa: E402
-from cbir.extraction import ensure_descriptors, extract  # noqa: E402
+from cbir.extraction import REGIONS_FILE, ensure_descriptors, extract  # noqa: E402
 from cbir.method import POOLINGS, Method  # noqa: E402
 from cbir.multiscale import describe_scales  # noqa: E402
 from cbir.pooling import l2n, pool  # noqa: E402
@@ -78,6 +78,24 @@ def test_converted_model_is_stored_once_with_its_conversion_time(aspect_ratios, 
     assert other_size.manifest["conversion"]["model_file"] != conversion["model_file"]
 
 
+@needs_openvino
+def test_each_runtime_gets_its_input_layout_and_torch_pools_on_one_thread_beside_openvino(aspect_ratios, tmp_path,
+                                                                                      monkeypatch):
+    seen = {"torch": set(), "openvino": set()}
+    for name, cls in (("torch", TorchForward), ("openvino", OpenVINOForward)):
+        def recording(self, x, original=cls.__call__, name=name):
+            forward_threads = self.compiled.get_property("INFERENCE_NUM_THREADS") if name == "openvino" else None
+            seen[name].add((torch.get_num_threads(), forward_threads, x.is_contiguous(),
+                            x.is_contiguous(memory_format=torch.channels_last)))
+            return original(self, x)
+        monkeypatch.setattr(cls, "__call__", recording)
+    run(aspect_ratios, [lite("mac")], tmp_path / "ov", runtime="openvino", threads=2)
+    run(aspect_ratios, [lite("mac")], tmp_path / "torch", threads=2)
+    # OpenVINO runs the forward on the 2 threads and reads NCHW; torch only pools, on one thread.
+    assert seen["openvino"] == {(1, 2, True, False)}
+    assert seen["torch"] == {(2, None, False, True)}  # torch's forward takes the threads, channels-last
+
+
 CONVERTED_EXTRACTION = """
 import sys
 sys.modules["timm"] = None  # importing timm now fails: the converted model must be enough
@@ -116,6 +134,25 @@ def test_an_extraction_with_a_converted_model_needs_neither_timm_nor_the_torch_n
     described = load_entry(other, aspect_ratios, lite("gem")).manifest
     for field in ("backbone", "weights_sha256", "weights_source"):
         assert described[field] == first[lite("gem")].manifest[field], field
+
+
+@needs_openvino
+def test_a_model_converted_before_its_json_described_the_backbone_is_described_on_its_next_use(aspect_ratios,
+                                                                                            tmp_path):
+    import json
+
+    from cbir.runtime import described_backbone
+
+    first = run(aspect_ratios, [lite("mac")], tmp_path, runtime="openvino")[lite("mac")]
+    about = (tmp_path / ".models" / first.manifest["conversion"]["model_file"]).with_suffix(".json")
+    info = json.loads(about.read_text())
+    del info["backbone"]
+    about.write_text(json.dumps(info))
+    assert described_backbone("tf_efficientnet_lite0", "imagenet", None, tmp_path, 160) is None
+    again = run(aspect_ratios, [lite("spoc")], tmp_path, runtime="openvino")[lite("spoc")]
+    assert again.manifest["conversion"]["conversion_cached"] is True  # reused, not converted again
+    described = described_backbone("tf_efficientnet_lite0", "imagenet", None, tmp_path, 160)
+    assert described is not None and described.weights_sha256 == first.manifest["weights_sha256"]
 
 
 @needs_openvino
@@ -175,6 +212,35 @@ def test_batches_give_the_descriptors_of_batch_one(tmp_path, monkeypatch):
     for m in methods:
         assert np.allclose(batched[m].db, single[m].db, atol=1e-5)
         assert np.allclose(batched[m].queries, single[m].queries, atol=1e-5)
+    rmac = Method(backbone="tf_efficientnet_lite0", pooling="rmac", size=64, weights="random")
+    sample = load_entry_array(batched[rmac], REGIONS_FILE)  # each image's own regions, batch or not
+    assert len(sample) >= len(dataset.images) and np.allclose(sample, load_entry_array(single[rmac], REGIONS_FILE),
+                                                              atol=1e-5)
+
+
+def test_a_chunk_describer_is_freed_without_the_garbage_collector():
+    """Tensors owned by a reference cycle can be freed by Python's collector while torch still
+    holds them (pytorch#75932): with the describer in a cycle (its poolers closing over it) a
+    test process crashed in the tuple free list."""
+    import gc
+    import weakref
+
+    from cbir.chunks import ChunkDescriber
+    from cbir.extraction import Head
+
+    backbone = cbir.backbones.load_backbone("tf_efficientnet_lite0", "random")
+    heads = [Head(Method(pooling=p, size=64, weights="random"), None, p == "rmac") for p in POOLINGS]
+    describer = ChunkDescriber(heads, backbone, TorchForward(backbone, torch.device("cpu")), torch.device("cpu"),
+                               batch_pixels=1, region_quota=4, n_db=1)
+    gc.disable()
+    try:
+        with torch.inference_mode():
+            assert describer.add(0, torch.zeros(3, 48, 64, dtype=torch.uint8), True) == 1
+        freed = weakref.ref(describer)
+        del describer
+        assert freed() is None
+    finally:
+        gc.enable()
 
 
 def test_batches_respect_the_memory_bound(tmp_path, monkeypatch):
@@ -252,6 +318,15 @@ def test_multiscale_is_its_own_cache_entry(aspect_ratios, tmp_path):
     assert entries[multi].path != entries[lite("mac")].path
     c = cosines(entries[multi].db, entries[lite("mac")].db)
     assert 0.8 < c.min() and c.max() < 1 - 1e-4  # related, not the same
+
+
+def test_multiscale_rmac_keeps_the_regional_sample_of_scale_one(aspect_ratios, tmp_path):
+    """The whitening sample is of the scale-1 map, not of the last scale the R-MAC heads saw."""
+    multi = lite("rmac", scales=(1, 0.7071, 0.5))
+    entries = run(aspect_ratios, [multi], tmp_path / "multi") | run(aspect_ratios, [lite("rmac")], tmp_path / "one")
+    sample = load_entry_array(entries[multi], REGIONS_FILE)
+    assert len(sample) >= len(aspect_ratios.images)
+    assert np.array_equal(sample, load_entry_array(entries[lite("rmac")], REGIONS_FILE))
 
 
 # --- an upload described without torch --------------------------------------------------
