@@ -4,7 +4,8 @@
                             [--small 96] [--small-side 128]
 
 Two workloads, each timed in one run with the runtimes alternating round by round (a
-shared machine's load shifts between rounds; the best round of each is compared):
+shared machine's load shifts between rounds; the best round of each is compared, and
+`round_ratios_*` give each round's own ratio):
 
 - `photos`: the first `--limit` Paris6k-250 database images at `--size` (1024 px, mixed
   aspect, so batches are of one image);
@@ -79,6 +80,12 @@ def end_to_end(dataset, methods, models: Path, **options) -> tuple[float, float]
         return call, next(iter(entries.values())).manifest["images_per_second"]
 
 
+def per_round(figures: dict, fast: str, slow: str) -> list[float]:
+    """The ratio within each round, whose runs are minutes apart: the spread the best-of-rounds
+    ratio hides when the machine's speed drifts between rounds."""
+    return [round(a / b, 3) for a, b in zip(figures[fast], figures[slow])]
+
+
 def workload(name, dataset, size, args, backbone, models, torch) -> dict:
     from cbir.extraction import cpu_count, default_threads, default_workers, image_tensor, load_image
     from cbir.method import POOLINGS, Method
@@ -125,6 +132,8 @@ def workload(name, dataset, size, args, backbone, models, torch) -> dict:
             "ratio_loop_openvino_vs_today": round(best["loop_openvino"] / best["loop_today"], 3),
             "ratio_end_to_end_torch_batched_vs_today": round(best["end_to_end_torch"] / best["end_to_end_today"], 3),
             "ratio_end_to_end_vs_forward_openvino": round(best["end_to_end_openvino"] / best["forward_openvino"], 3),
+            "round_ratios_end_to_end_openvino_vs_today": per_round(figures, "end_to_end_openvino", "end_to_end_today"),
+            "round_ratios_loop_openvino_vs_today": per_round(figures, "loop_openvino", "loop_today"),
             "cost_multiscale_vs_single_openvino": round(best["end_to_end_openvino"]
                                                         / best["end_to_end_openvino_multiscale"], 3),
             "multiscale_pixel_budget": round(sum(f * f for f in MULTISCALE), 3)}
