@@ -243,6 +243,22 @@ def test_a_chunk_describer_is_freed_without_the_garbage_collector():
         gc.enable()
 
 
+def test_a_released_batch_is_the_stacked_pixels_channels_last_and_one_image_is_not_copied():
+    from cbir.batching import SizeBatcher
+    from cbir.extraction import pixels
+
+    rng = np.random.default_rng(0)
+    decoded = [pixels(rng.integers(0, 255, (6, 8, 3), dtype=np.uint8)) for _ in range(3)]
+    (indices, batch), = SizeBatcher(max_pixels=6 * 8).add(0, decoded[0])  # full at one image
+    assert indices == [0] and batch.data_ptr() == decoded[0].data_ptr()  # one image: a view, no copy
+    batcher = SizeBatcher()
+    for i, image in enumerate(decoded):
+        batcher.add(i, image)
+    (indices, batch), = batcher.flush()
+    assert indices == [0, 1, 2] and torch.equal(batch, torch.stack(decoded))
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+
+
 def test_batches_respect_the_memory_bound(tmp_path, monkeypatch):
     root = make_class_folder(tmp_path / "small", per_class=5, size=(64, 48))
     shapes = record_model_inputs(monkeypatch)
