@@ -90,9 +90,11 @@ def compute_map(ranks, gnd, kappas: Sequence[int] = (1, 5, 10)) -> dict:
 
     AP: with n positives and the j-th positive (0-based) at 0-based rank r after junk
     removal, AP = sum_j (p0 + p1) / (2 n), p0 = 1 if r == 0 else j / r, p1 = (j+1)/(r+1).
-    mP@k: kq = min(1-based rank of the last retrieved positive, k), #(positives within
-    kq) / kq. Queries without positives get NaN and are left out of the means. Where
-    the reference would fail (a truncated list with no positive in it) AP and mP@k are 0.
+    mP@k: kq = min(1-based rank of the last positive, k), #(positives within kq) / kq; a
+    positive missing from a truncated row ranks after it (so kq = k): exact when the row keeps at
+    least k items after junk removal, a lower bound otherwise. Queries without positives get
+    NaN and are left out of the means. Where the reference would fail (a truncated list with
+    no positive in it) AP and mP@k are 0.
 
     Returns dict(map, aps (n_q,), mpr (len(kappas),) mean mP@k, prs (n_q, len(kappas))).
     """
@@ -111,6 +113,9 @@ def compute_map(ranks, gnd, kappas: Sequence[int] = (1, 5, 10)) -> dict:
         aps[rows] = np.where(has_pos, area / (2 * np.maximum(n_pos, 1)), np.nan)
         one_based = np.where(is_positive, kept_rank + 1, 0)
         last = one_based.max(axis=1) if one_based.shape[1] else np.zeros(len(n_pos), np.int64)
+        # A positive missing from a (truncated) row is ranked after it: the last positive is then
+        # beyond the row, so kq is k, not the last positive the row holds.
+        last = np.where(is_positive.sum(axis=1) < n_pos, np.iinfo(np.int64).max, last)
         for c, k in enumerate(kappas):
             kq = np.minimum(last, k)
             within = (is_positive & (one_based <= kq[:, None])).sum(axis=1)

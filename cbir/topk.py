@@ -110,8 +110,12 @@ def topk_report(topk: TopK, dataset, protocol: str, name: str | None = None) -> 
                          f"{dataset.name!r} protocol {protocol!r}")
     ranks, position_gnd = position_lists(topk)
     reference = compute_map(ranks, position_gnd, kappas=(1, 5, 10))
+    # The seed's AP@k counts the positives within the top k: lists shorter than k (and than the
+    # whole ranking) cannot say how many there are, so that column is left empty (null).
+    complete = topk.k >= topk.n_ranked
     metrics = {"ap": reference["aps"], "mp": reference["prs"],
-               **{f"seed{k}": seed_map_at_k(ranks, position_gnd, k)[1] for k in (10, 100, None)}}
+               **{f"seed{k}": seed_map_at_k(ranks, position_gnd, k)[1] if k is None or k <= topk.k or complete
+                  else np.full(len(ranks), np.nan) for k in (10, 100, None)}}
     report = summarise(metrics, dataset, protocol)
     truncated = int((topk.truncated & (topk.n_positives > 0)).sum())
     report.update({

@@ -286,6 +286,32 @@ def test_truncated_list_counts_missing_positives_as_never_retrieved(case, k):
         assert compute_map(ranks[:, :k], gnd)["prs"][0].tolist() == [0.0, 0.0, 0.0]
 
 
+@settings(max_examples=100, deadline=None)
+@given(retrieval_case(), st.integers(0, 40))
+def test_truncated_list_keeps_the_reference_mp_at_k_while_it_holds_k_items(case, k):
+    """The last positive of a truncated row's query may lie beyond the row: kq is then k (the
+    reference's kq is the rank of the last positive in the whole ranking), never the rank of
+    the last positive the row happens to hold."""
+    ranks, gnd, _ = case
+    if not len(gnd[0]["ok"]):
+        return
+    full = compute_map(ranks, gnd)["prs"][0]
+    truncated = compute_map(ranks[:, :k], gnd)["prs"][0]
+    kept = np.count_nonzero(~np.isin(ranks[0, :k], gnd[0]["junk"]))
+    for c, kappa in enumerate((1, 5, 10)):
+        if kept >= kappa:
+            assert truncated[c] == pytest.approx(full[c], abs=1e-12), (kappa, kept)
+        else:
+            assert truncated[c] <= full[c] + 1e-12, (kappa, kept)
+
+
+def test_a_positive_beyond_the_list_makes_kq_k():
+    gnd = [{"ok": np.array([1, 20, 21, 22, 23]), "junk": np.array([], np.int64)}]
+    row = np.array([[0, 1] + list(range(2, 20))])  # 20 items: the positive at rank 2, four beyond
+    result = compute_map(row, gnd, kappas=(5, 10))
+    assert result["prs"][0].tolist() == [1 / 5, 1 / 10]  # not 1/2: kq is k
+
+
 def test_many_queries_in_chunks_agree_with_one_by_one(monkeypatch):
     import cbir.metrics
     rng = np.random.default_rng(7)

@@ -71,3 +71,16 @@ def test_topk_from_another_ground_truth_is_refused():
     topk = place_ground_truth(ids, scores, [{"ok": g["ok"][:1]} for g in dataset.gnd["medium"]], len(db))
     with pytest.raises(ValueError, match="another ground truth"):
         topk_report(topk, dataset, "medium")
+
+
+def test_truncated_lists_keep_the_full_rankings_mp_at_k_and_leave_deeper_seed_columns_empty():
+    dataset, db, queries = benchmark_like()
+    ids, scores = exact_topk([db], queries, k=30)
+    topk = place_ground_truth(ids, scores, dataset.gnd["medium"], len(db))
+    assert topk.truncated.all()  # every query has positives beyond its top 30
+    report = topk_report(topk, dataset, "medium")
+    full = evaluation_report(search(db, queries)[1], dataset, "medium")
+    for name in ("mP@1", "mP@5", "mP@10", "mAP@10", "seed_mAP@10"):  # 30 items hold 10 after junk
+        assert report[name] == pytest.approx(full[name], abs=1e-12), name
+    assert report["mAP"] < full["mAP"]  # positives beyond K count as never retrieved
+    assert report["seed_mAP@100"] is None and report["mAP@100"] is None  # not knowable from 30 items
