@@ -145,6 +145,8 @@ def checked_topk(path: Path, dataset: Dataset, protocol: str, manifest: dict, di
     these descriptors (both manifests) and this ground truth, and its lists are consistent;
     StaleTopK otherwise. `in_bundle`: `manifest` is a verified bundle's reduced entry, and the
     lists must come from the full-precision entry it records (`reduced_from`)."""
+    if protocol not in dataset.gnd:
+        raise StaleTopK(f"{path}: computed for protocol {protocol!r}, which {dataset.name} lacks")
     record = read_provenance(path)
     rerun = "run `python -m cbir evaluate ... --distractors ...` again to recompute it"
     if in_bundle:

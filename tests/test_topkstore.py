@@ -45,6 +45,13 @@ def test_a_valid_stored_evaluation_is_reused_without_the_distractor_descriptors(
     assert report["mAP"] == pytest.approx(check(cache, dataset, path).report(dataset, "original")["mAP"])
 
 
+def test_a_protocol_the_dataset_lacks_is_refused_naming_the_file(stored):
+    """What the dashboard and the bundle catch (StaleTopK), not a KeyError."""
+    cache, dataset, _, path = stored
+    with pytest.raises(StaleTopK, match=f"{path}: computed for protocol 'hard', which"):
+        checked_topk(path, dataset, "hard", load_entry(cache, dataset, METHOD).manifest, read_manifest(path.parent))
+
+
 def test_stale_distractor_descriptors_are_refused_and_evaluate_recomputes(stored):
     cache, dataset, distractors, path = stored
     before = path.read_bytes()
