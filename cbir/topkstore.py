@@ -48,6 +48,11 @@ def is_distractor_key(key: str) -> bool:
     return any(key.startswith(f"{name}-") for name in DISTRACTOR_SETS)
 
 
+def distractor_short_name(key: str) -> str:
+    """"R1M" for a distractor cache folder of revisitop1m (the key itself for an unknown set)."""
+    return next((spec.short_name for name, spec in DISTRACTOR_SETS.items() if key.startswith(f"{name}-")), key)
+
+
 def gnd_hash(gnd: list[dict]) -> str:
     """A hash of one protocol's ground truth: positives and junk of every query, in order."""
     lists = [[sorted(int(i) for i in g["ok"]), sorted(int(i) for i in g.get("junk", ()))] for g in gnd]

@@ -142,8 +142,8 @@ def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_que
     """One `st.image` per tile in a wrapping row, so tests can read each caption.
 
     With `as_query` (a prefix unique on the page), each tile gets a "use as query" button.
-    `picture(tile)`, when given, gives each tile's (image, caption) instead (a stored distractor
-    evaluation's tiles include distractors).
+    `picture(tile)`, when given, gives a tile's (image, caption) instead, or None for a database
+    tile drawn as usual (a stored distractor evaluation's tiles include distractors).
     """
     def database_picture(tile: Tile) -> tuple[Image.Image, str]:
         return (thumbnail(dataset, key, dataset.paths[tile.index], dataset.images[tile.index]),
@@ -151,7 +151,7 @@ def draw(dataset: Dataset, key: str, items: list[Tile], width: int = 150, as_que
 
     with st.container(horizontal=True, gap="small"):
         for tile in items:
-            image, caption = (picture or database_picture)(tile)
+            image, caption = (picture and picture(tile)) or database_picture(tile)
             with st.container(width=width + 12, gap=None):
                 st.image(framed(image, tile.kind), caption=caption, width=width)
                 if as_query:

@@ -22,7 +22,8 @@ from cbir import thumbshard
 from cbir.cache import read_manifest
 from cbir.method import Method
 from cbir.topk import position_lists
-from cbir.topkstore import StoredEvaluation, StoredTopK, checked_topk, is_distractor_key, stored_evaluations
+from cbir.topkstore import (StoredEvaluation, StoredTopK, checked_topk, distractor_short_name, is_distractor_key,
+                            stored_evaluations)
 
 from . import gallery, loaders
 from .state import cache_root
@@ -80,16 +81,14 @@ def tiles(found: StoredTopK, q: int, top: int) -> list[gallery.Tile]:
 
 
 def picture(view, found: StoredTopK):
-    """`gallery.draw`'s picture function: database images from the dataset, distractors read
-    lazily (one file per shown tile) under the distractors' root."""
+    """`gallery.draw`'s picture function: None for database images (drawn as usual), distractors
+    read lazily (one file per shown tile) under the distractors' root."""
     root = found.provenance.get("distractor_root", "")
-    short = found.name.split(" + ")[-1].split(" ")[0]
+    short = distractor_short_name(view.distractors.distractor_key)
 
     def draw_one(tile: gallery.Tile):
         if tile.index < found.n_db:
-            name = view.dataset.images[tile.index]
-            return (gallery.thumbnail(view.dataset, view.key, view.dataset.paths[tile.index], name),
-                    tile.caption(view.dataset))
+            return None
         relative = found.distractor_path(tile.index)
         image = shard_tile(view.distractors.distractor_key, relative)
         if image is None:

@@ -3,6 +3,7 @@ import streamlit as st
 
 from cbir.cache import CacheError
 from cbir.metrics import compute_map
+from cbir.thumbshard import SHOWN
 from cbir.topkstore import StaleTopK
 from dashboard import gallery, loaders, sidebar, state, stored_topk, upload
 
@@ -48,7 +49,7 @@ def query_page(current: int) -> list[int]:
     return matching[(page - 1) * PICKER_PAGE:page * PICKER_PAGE]
 
 
-top = state.slider("Results shown", "top", 5, 50, 10, 1)
+top = state.slider("Results shown", "top", 5, SHOWN, 10, 1)  # the thumbnail shard keeps that many places
 image = None if view.distractors else image_query()  # a distractor evaluation keeps no descriptor to rank by
 head, info = st.columns([1, 3])
 if image is None:
