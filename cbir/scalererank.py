@@ -58,7 +58,9 @@ class TruncatedDiffusion:
     built from stored neighbour lists (n, >= k) of all items.
 
     The sub-graphs, query vectors and Lanczos bases of the last query batch are kept, so an
-    alpha change re-solves without rebuilding them (the dashboard's slider, bench.scale).
+    alpha change on the same instance re-solves without rebuilding them (bench.scale measures
+    it; `scale_ranking` ranks once per evaluation, and the Diffusion lab does not serve
+    evaluations against distractors).
     """
 
     def __init__(self, sims: np.ndarray, ids: np.ndarray, k: int = 50, gamma: float = 3.0):
