@@ -49,8 +49,8 @@ RESIZE_NOTE = "longer side scaled down to the method size (never up), aspect kep
 QUERY_NOTE = "query cropped to its box; the crop scaled by its full image's factor"
 # Provenance a post-hoc whitened entry copies from the un-whitened entry it is derived from.
 INHERITED = ("versions", "weights_sha256", "weights_source", "weights_file", "backbone", "image_size",
-             "images_per_second", "resize", "query_crop", "device", "precision", "runtime", "conversion", "extraction_seconds",
-             "skipped_images", "missing_images", "n_images_total", "n_queries_total")
+             "images_per_second", "resize", "query_crop", "device", "precision", "runtime", "conversion",
+             "shape_models", "extraction_seconds", "skipped_images", "missing_images", "n_images_total", "n_queries_total")
 
 
 class ExtractionCancelled(RuntimeError):

@@ -96,6 +96,72 @@ def test_each_runtime_gets_its_input_layout_and_torch_pools_on_one_thread_beside
     assert seen["torch"] == {(2, None, False, True)}  # torch's forward takes the threads, channels-last
 
 
+def small_forward(tmp_path, monkeypatch, gain: float, cap: int = 2):
+    """Lite0 (random weights) on OpenVINO where a shape earns its own model on its third call;
+    `gain` is what the probe asks of it (-1: kept whatever it measures, 1: never kept)."""
+    monkeypatch.setattr(OpenVINOForward, "STATIC_AFTER_SECONDS", 1e-9)
+    monkeypatch.setattr(OpenVINOForward, "MAX_STATIC_SHAPES", cap)
+    monkeypatch.setattr(OpenVINOForward, "STATIC_GAIN", gain)
+    return OpenVINOForward(cbir.backbones.load_backbone("tf_efficientnet_lite0", "random"), tmp_path, 128, threads=1)
+
+
+def three_shapes():
+    generator = torch.Generator().manual_seed(0)
+    return [torch.randn(1, 3, h, w, generator=generator) for h, w in ((96, 128), (128, 96), (112, 112))]
+
+
+@needs_openvino
+def test_a_shape_the_dynamic_model_spent_long_on_gets_its_own_compiled_model_up_to_a_cap(tmp_path, monkeypatch):
+    forward = small_forward(tmp_path, monkeypatch, gain=-1.0)
+    wide, tall, square = three_shapes()
+    with torch.inference_mode():
+        dynamic = [forward(wide), forward(wide)]
+        assert forward.static_requests == {}  # two dynamic calls first
+        static = forward(wide)
+        assert list(forward.static_requests) == [(1, 3, 96, 128)]
+        assert np.array_equal(forward.static_requests[(1, 3, 96, 128)].get_output_tensor(0).data, static.numpy())
+        torch.testing.assert_close(static, dynamic[0], rtol=0, atol=1e-5)
+        for x in (wide, wide, tall, tall, tall, square, square, square):
+            forward(x)
+    assert list(forward.static_requests) == [(1, 3, 96, 128), (1, 3, 128, 96)]  # the square one is past the cap
+    assert forward.info["shape_models"] == {"shapes": [[1, 3, 96, 128], [1, 3, 128, 96]],
+                                            "dropped_not_faster": False}
+
+
+@needs_openvino
+def test_per_shape_models_that_are_not_faster_are_dropped_after_the_probe(tmp_path, monkeypatch):
+    forward = small_forward(tmp_path, monkeypatch, gain=1.0)  # no model is 100% faster: the probe fails
+    wide, tall, _ = three_shapes()
+    with torch.inference_mode():
+        for _ in range(2 + OpenVINOForward.PROBE_CALLS - 1):
+            forward(wide)
+        assert list(forward.static_requests) == [(1, 3, 96, 128)] and forward.static_pays is None
+        probed = forward(wide)
+        assert forward.static_requests == {} and forward.static_pays is False
+        torch.testing.assert_close(forward(wide), probed, rtol=0, atol=1e-5)  # the dynamic model again
+        for _ in range(4):
+            forward(tall)
+    assert forward.static_requests == {} and forward.dynamic_times[(1, 3, 96, 128)].calls == 3
+    assert forward.info["shape_models"] == {"shapes": [], "dropped_not_faster": True}
+
+
+@needs_openvino
+def test_extraction_on_per_shape_compiled_models_gives_the_dynamic_models_descriptors(tmp_path, monkeypatch):
+    root = make_class_folder(tmp_path / "folder", per_class=3, size=(200, 150))
+    dataset = load_dataset("folder", root)
+    methods = [lite(p) for p in POOLINGS]
+    monkeypatch.setattr(OpenVINOForward, "STATIC_AFTER_SECONDS", float("inf"))
+    dynamic = run(dataset, methods, tmp_path / "dynamic", runtime="openvino", batch_pixels=1)  # one image a call
+    monkeypatch.setattr(OpenVINOForward, "STATIC_AFTER_SECONDS", 0.0)
+    monkeypatch.setattr(OpenVINOForward, "STATIC_GAIN", -1.0)
+    static = run(dataset, methods, tmp_path / "static", runtime="openvino", batch_pixels=1)
+    assert dynamic[methods[0]].manifest["shape_models"]["shapes"] == []
+    assert static[methods[0]].manifest["shape_models"]["shapes"] == [[1, 3, 120, 160]]  # 7 of 9 images on it
+    for m in methods:
+        for a, b in ((dynamic[m].db, static[m].db), (dynamic[m].queries, static[m].queries)):
+            np.testing.assert_allclose(b, a, rtol=0, atol=1e-5)
+
+
 CONVERTED_EXTRACTION = """
 import sys
 sys.modules["timm"] = None  # importing timm now fails: the converted model must be enough
