@@ -199,14 +199,15 @@ class OpenVINOForward:
 
     The stored model has a dynamic batch, height and width. OpenVINO's CPU plugin runs a model
     compiled for one fixed input shape faster on networks of many small layers (steady calls at
-    1024 x 768, 2 threads: Lite0 38 against 42-44 ms, EfficientNet-B1 78 against 84-86 ms, ResNet-50
-    and VGG-16 about 1%), with the same values (bitwise, on Paris6k-250's descriptors). Photos come in a few sizes (Paris6k-250 at 1024 px: four
-    shapes hold 186 of 250), so a shape gets its own compiled model once the dynamic one has spent
-    `STATIC_AFTER_SECONDS` on it over two calls or more (a compile takes ~0.1 s); rare shapes and
-    query crops stay on the dynamic model. Each such model holds its own activation memory (at 1024 x
-    768: Lite0 ~125 MB, VGG-16 ~450 MB), so at most `MAX_STATIC_SHAPES` are kept, and the first one
-    is a probe: if its best call is not `STATIC_GAIN` faster than the dynamic model's best on that
-    shape, they are all dropped and the dynamic model serves every shape."""
+    1024 x 768, 2 threads: Lite0 38 against 42-44 ms, EfficientNet-B1 78 against 84-86 ms,
+    ResNet-50 and VGG-16 about 1%), with the same values (bitwise, on Paris6k-250's descriptors).
+    Photos come in a few sizes (Paris6k-250 at 1024 px: four shapes hold 186 of 250), so a shape
+    gets its own compiled model once the dynamic one has spent `STATIC_AFTER_SECONDS` on it over
+    two calls or more (a compile takes ~0.1 s); rare shapes and query crops stay on the dynamic
+    model. Each such model holds its own activation memory (at 1024 x 768: Lite0 ~125 MB, VGG-16
+    ~450 MB), so at most `MAX_STATIC_SHAPES` are kept, and the first one is a probe: if its best
+    call is not `STATIC_GAIN` faster than the dynamic model's best on that shape, they are all
+    dropped and the dynamic model serves every shape."""
 
     STATIC_AFTER_SECONDS = 0.25
     MAX_STATIC_SHAPES = 4
