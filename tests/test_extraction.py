@@ -328,6 +328,15 @@ def test_cli_extract_then_warm_evaluate_without_torch(tmp_path):
     assert report["cache_entry"].endswith("tf_efficientnet_lite0-rmac-64-random-none")
 
 
+def test_python_m_cbir_exits_with_the_commands_status_and_one_error_line(tmp_path):
+    """`cbir/__main__.py` freezes the collector before exiting: the status and message still pass."""
+    out = subprocess.run([sys.executable, "-m", "cbir", "evaluate", "--dataset", "paris6k", "--root",
+                          str(tmp_path / "nope"), "--cache", str(tmp_path)], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.startswith("error: ") and out.stderr.count("\n") == 1, out.stderr
+
+
 def test_cli_reports_missing_root_as_error(tmp_path, capsys):
     from cbir.cli import main
 
