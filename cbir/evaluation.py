@@ -131,11 +131,27 @@ def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Met
     return report
 
 
+ONE_BLAS_THREAD_UP_TO = 2048  # database images (`store_overview_reports`)
+
+
 def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progress=None) -> dict:
     """Evaluate and store every re-ranking the dashboard's Overview shows for this entry, so the
     dashboard opens on stored results; returns {(method, protocol): report}. Already stored
     ones are read, not recomputed. One graph per method serves every protocol and is dropped
-    before the next method, so memory holds one method's working set at a time."""
+    before the next method, so memory holds one method's working set at a time.
+
+    Up to `ONE_BLAS_THREAD_UP_TO` database images, BLAS runs on one thread here: numpy and scipy
+    each bring their own OpenBLAS, whose idle workers spin for ~0.1 s after every call, so on
+    few cores each library's workers took the CPU from the other's small calls (Paris6k-250,
+    2 cores, the 20 reports of 4 poolings: 0.65-0.78 s, 0.29-0.33 s on one thread)."""
+    import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS now, so that the limit covers it)
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1 if len(dataset.images) <= ONE_BLAS_THREAD_UP_TO else None, user_api="blas"):
+        return _store_overview_reports(dataset, entry, protocols, progress)
+
+
+def _store_overview_reports(dataset: Dataset, entry: Entry, protocols, progress) -> dict:
     from .spectral import stored_ranker
 
     db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)

@@ -44,3 +44,26 @@ def test_blocked_report_equals_the_report_of_the_full_ranking(rerank_name):
     assert [q["ap"] for q in blocked["per_query"]] == pytest.approx([q["ap"] for q in full["per_query"]], abs=1e-6)
     assert blocked["n_queries_scored"] == full["n_queries_scored"] == 300
     assert 0.2 < blocked["mAP"] < 0.99  # a real ranking problem, neither trivial nor random
+
+
+def test_overview_reports_of_a_small_database_run_blas_on_one_thread(monkeypatch):
+    """numpy's and scipy's OpenBLAS workers spin after each call and took the cores from each
+    other's small calls; a small database's reports run BLAS on one thread, a large one's as set."""
+    import sys
+    from types import SimpleNamespace
+
+    from threadpoolctl import threadpool_info
+
+    import cbir.evaluation as evaluation
+
+    def blas_threads() -> set[int]:
+        return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
+
+    seen = []
+    monkeypatch.setattr(evaluation, "_store_overview_reports",
+                        lambda *args: seen.append(blas_threads()) or {"scipy's BLAS": "scipy.linalg" in sys.modules})
+    small = SimpleNamespace(images=["im"] * 250)
+    assert evaluation.store_overview_reports(small, entry=None) == {"scipy's BLAS": True}  # loaded, so limited
+    monkeypatch.setattr(evaluation, "ONE_BLAS_THREAD_UP_TO", 100)  # now 250 images are a large database
+    evaluation.store_overview_reports(small, entry=None)
+    assert seen[0] == {1} and seen[1] == blas_threads() != {1}  # and the limit ends with the call
