@@ -12,6 +12,8 @@ them in memory: `store=False`.
 from __future__ import annotations
 
 import json
+import threading
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -116,6 +118,45 @@ def read_stored_report(entry_dir: Path, manifest: dict, method: Method, protocol
     return None
 
 
+ONE_BLAS_THREAD_UP_TO = 2048  # database images (`blas_for`)
+
+
+class _SharedBlasLimit:
+    """One process-wide limit of BLAS to one thread (threadpoolctl), shared by concurrent callers
+    (the dashboard's sessions): the first to enter sets it, the last to leave restores it."""
+
+    def __init__(self):
+        self.lock, self.users, self.limit = threading.Lock(), 0, None
+
+    def __enter__(self):
+        import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS now, so that the limit covers it)
+        from threadpoolctl import threadpool_limits
+
+        with self.lock:
+            if self.users == 0:
+                self.limit = threadpool_limits(limits=1, user_api="blas")
+            self.users += 1
+
+    def __exit__(self, *exc) -> None:
+        with self.lock:
+            self.users -= 1
+            if self.users == 0:
+                self.limit.restore_original_limits()
+
+
+ONE_BLAS_THREAD = _SharedBlasLimit()
+
+
+def blas_for(n_images: int):
+    """BLAS on one thread while evaluating on a database of up to `ONE_BLAS_THREAD_UP_TO` images.
+
+    numpy and scipy each bring their own OpenBLAS, whose idle workers spin for ~0.1 s after every
+    call, so on few cores each library's workers took the CPU from the other's small calls
+    (Paris6k-250, 2 cores: a 250 x 250 `eigh` 10-90 ms instead of 5; the Overview's 20 reports
+    0.65-0.78 s, 0.29-0.33 s on one thread). Larger databases keep the libraries' threads."""
+    return ONE_BLAS_THREAD if n_images <= ONE_BLAS_THREAD_UP_TO else nullcontext()
+
+
 def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Method, protocol: str,
                   evaluate, store: bool = True) -> dict:
     """`evaluation_report` of `method` from disk if computed before from these descriptors;
@@ -124,34 +165,19 @@ def stored_report(dataset: Dataset, entry_dir: Path, manifest: dict, method: Met
     bundle: read-only), the report stored."""
     report = read_stored_report(entry_dir, manifest, method, protocol)
     if report is None:
-        report = evaluate()
+        with blas_for(len(dataset.images)):
+            report = evaluate()
         if store:
             checksums = manifest["files"]["db.npy"], manifest["files"]["queries.npy"]
             _store(report_path(entry_dir, method, protocol), {"checksums": list(checksums), "report": report})
     return report
 
 
-ONE_BLAS_THREAD_UP_TO = 2048  # database images (`store_overview_reports`)
-
-
 def store_overview_reports(dataset: Dataset, entry: Entry, protocols=None, progress=None) -> dict:
     """Evaluate and store every re-ranking the dashboard's Overview shows for this entry, so the
     dashboard opens on stored results; returns {(method, protocol): report}. Already stored
     ones are read, not recomputed. One graph per method serves every protocol and is dropped
-    before the next method, so memory holds one method's working set at a time.
-
-    Up to `ONE_BLAS_THREAD_UP_TO` database images, BLAS runs on one thread here: numpy and scipy
-    each bring their own OpenBLAS, whose idle workers spin for ~0.1 s after every call, so on
-    few cores each library's workers took the CPU from the other's small calls (Paris6k-250,
-    2 cores, the 20 reports of 4 poolings: 0.65-0.78 s, 0.29-0.33 s on one thread)."""
-    import scipy.linalg  # noqa: F401  (loads scipy's own OpenBLAS now, so that the limit covers it)
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(limits=1 if len(dataset.images) <= ONE_BLAS_THREAD_UP_TO else None, user_api="blas"):
-        return _store_overview_reports(dataset, entry, protocols, progress)
-
-
-def _store_overview_reports(dataset: Dataset, entry: Entry, protocols, progress) -> dict:
+    before the next method, so memory holds one method's working set at a time."""
     from .spectral import stored_ranker
 
     db, queries = np.asarray(entry.db, np.float32), np.asarray(entry.queries, np.float32)
@@ -222,7 +248,8 @@ def stored_diffusion_grid(dataset: Dataset, entry: Entry, protocol: str, alphas=
     grid = load_grid(entry, protocol)
     if grid is not None and (grid["alphas"], grid["ks"], grid["kq"], grid["gamma"]) == wanted:
         return grid
-    grid = diffusion_map_grid(dataset, entry, protocol, alphas, ks, kq, gamma, progress)
+    with blas_for(len(dataset.images)):
+        grid = diffusion_map_grid(dataset, entry, protocol, alphas, ks, kq, gamma, progress)
     if store:
         _store(grid_path(entry, protocol), grid)
     return grid

@@ -46,7 +46,7 @@ def test_blocked_report_equals_the_report_of_the_full_ranking(rerank_name):
     assert 0.2 < blocked["mAP"] < 0.99  # a real ranking problem, neither trivial nor random
 
 
-def test_overview_reports_of_a_small_database_run_blas_on_one_thread(monkeypatch):
+def test_reports_of_a_small_database_are_computed_with_blas_on_one_thread(monkeypatch, tmp_path):
     """numpy's and scipy's OpenBLAS workers spin after each call and took the cores from each
     other's small calls; a small database's reports run BLAS on one thread, a large one's as set."""
     import sys
@@ -60,10 +60,23 @@ def test_overview_reports_of_a_small_database_run_blas_on_one_thread(monkeypatch
         return {pool["num_threads"] for pool in threadpool_info() if pool["user_api"] == "blas"}
 
     seen = []
-    monkeypatch.setattr(evaluation, "_store_overview_reports",
-                        lambda *args: seen.append(blas_threads()) or {"scipy's BLAS": "scipy.linalg" in sys.modules})
+
+    def evaluate():
+        seen.append(blas_threads())
+        return {"scipy's BLAS": "scipy.linalg" in sys.modules}
+
+    def report(directory: str) -> dict:
+        manifest = {"files": {"db.npy": "d", "queries.npy": "q"}}
+        return evaluation.stored_report(small, tmp_path / directory, manifest, Method(backbone="vgg16",
+                                        pooling="mac"), "original", evaluate)
+
     small = SimpleNamespace(images=["im"] * 250)
-    assert evaluation.store_overview_reports(small, entry=None) == {"scipy's BLAS": True}  # loaded, so limited
+    assert report("a") == {"scipy's BLAS": True}  # loaded, so limited
     monkeypatch.setattr(evaluation, "ONE_BLAS_THREAD_UP_TO", 100)  # now 250 images are a large database
-    evaluation.store_overview_reports(small, entry=None)
+    report("b")
     assert seen[0] == {1} and seen[1] == blas_threads() != {1}  # and the limit ends with the call
+    with evaluation.ONE_BLAS_THREAD:  # concurrent users share the limit until the last one leaves
+        with evaluation.ONE_BLAS_THREAD:
+            pass
+        assert blas_threads() == {1}
+    assert blas_threads() == seen[1]
