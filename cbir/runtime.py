@@ -275,11 +275,12 @@ class OpenVINOForward:
         import torch
 
         array = np.ascontiguousarray(x.detach().cpu().numpy(), np.float32)
-        request = self._static_request(array.shape)
+        static = self._static_request(array.shape)
+        request = static or self.request
         start = time.perf_counter()
-        (request or self.request).infer({0: array}, share_inputs=True)
-        self._measure(array.shape, request, time.perf_counter() - start)
-        return torch.from_numpy((request or self.request).get_output_tensor(0).data.copy())
+        request.infer({0: array}, share_inputs=True)
+        self._measure(array.shape, static, time.perf_counter() - start)
+        return torch.from_numpy(request.get_output_tensor(0).data.copy())
 
 
 def make_forward(runtime: str, backbone, device, *, cache_root: Path, size: int, precision: str = "fp32",
